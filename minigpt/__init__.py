@@ -1,0 +1,30 @@
+"""minigpt: a GPT-2 in NumPy with hand-written backward passes.
+
+    from minigpt import GPTConfig, GPT
+    model = GPT(GPTConfig(vocab_size=96, block_size=64, n_layer=2, n_head=4, n_embd=64), seed=0)
+    logits, loss = model.forward(idx, targets)
+    grads = model.backward()
+"""
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .config import PRESETS, GPTConfig, TrainConfig, preset
+from .data import Dataset, load_corpus
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    CorpusError,
+    MinigptError,
+    TokenizerError,
+    TrainingDiverged,
+)
+from .model import GPT, KVCache
+from .tokenizer import CharTokenizer
+from .train import TrainResult, evaluate, train
+
+__all__ = [
+    "GPT", "GPTConfig", "TrainConfig", "PRESETS", "preset", "KVCache",
+    "CharTokenizer", "Dataset", "load_corpus",
+    "Checkpoint", "save_checkpoint", "load_checkpoint",
+    "train", "evaluate", "TrainResult",
+    "MinigptError", "ConfigError", "CorpusError", "TokenizerError", "CheckpointError", "TrainingDiverged",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,154 @@
+"""Checkpoints: one .npz file, written atomically, read without pickle.
+
+Inside: every parameter under its GPT-2 name (``wte.weight``, ``h.0.ln_1.bias``
+...), optionally the optimizer moments (``optimizer.m.<name>``,
+``optimizer.v.<name>``), and ``__meta__``: UTF-8 JSON bytes holding the format
+name and version, the model config, the vocabulary, the training step and
+config, the RNG states, and the corpus the model was trained on.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import GPTConfig, TrainConfig
+from .errors import CheckpointError, MinigptError
+from .model import GPT, param_shapes
+from .tokenizer import CharTokenizer
+
+FORMAT = "minigpt-checkpoint"
+VERSION = 1
+META_KEY = "__meta__"
+
+
+@dataclass
+class Checkpoint:
+    model: GPT
+    step: int = 0
+    train_config: TrainConfig | None = None
+    optimizer_state: dict | None = None  # {"t": int, "arrays": {...}}
+    rng_state: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def tokenizer(self):
+        return self.model.tokenizer
+
+
+def atomic_write(path, write_fn):
+    """Call write_fn(file) on a temporary file beside path, then rename it
+    over path: a reader sees the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(path, model: GPT, step=0, optimizer=None, train_config=None,
+                    rng_state=None, extra=None):
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": model.config.to_dict(),
+        "vocab": None if model.tokenizer is None else model.tokenizer.to_json(),
+        "step": int(step),
+        "train_config": None if train_config is None else train_config.to_dict(),
+        "optimizer_t": None if optimizer is None else int(optimizer.t),
+        "rng_state": {"dropout": model.rng.bit_generator.state, **(rng_state or {})},
+        **(extra or {}),
+    }
+    arrays = dict(model.params)
+    if optimizer is not None:
+        arrays.update(optimizer.state_arrays())
+    arrays[META_KEY] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def load_checkpoint(path, backend=None) -> Checkpoint:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if not hasattr(npz, "files"):
+                raise CheckpointError(f"{path} is a bare .npy array, not a minigpt checkpoint")
+            arrays = {k: npz[k] for k in npz.files}
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
+        raise CheckpointError(
+            f"{path} is not a readable minigpt checkpoint (truncated or another format: {e})"
+        ) from None
+    if META_KEY not in arrays:
+        raise CheckpointError(f"{path} is an .npz file but not a minigpt checkpoint (no {META_KEY})")
+    try:
+        meta = json.loads(arrays.pop(META_KEY).tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: corrupt metadata ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a minigpt checkpoint (format {meta.get('format')!r})")
+    if meta.get("version") != VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format version {meta.get('version')!r}; this minigpt reads {VERSION}"
+        )
+    try:
+        config = GPTConfig.from_dict(meta["config"])
+        tokenizer = None if meta.get("vocab") is None else CharTokenizer.from_json(meta["vocab"])
+    except (MinigptError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: invalid config or vocabulary in metadata ({e})") from None
+    if tokenizer is not None and tokenizer.vocab_size != config.vocab_size:
+        raise CheckpointError(
+            f"{path}: vocabulary has {tokenizer.vocab_size} characters but config.vocab_size={config.vocab_size}"
+        )
+
+    expected = param_shapes(config)
+    missing = [k for k in expected if k not in arrays]
+    if missing:
+        raise CheckpointError(f"{path}: missing parameters {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    unknown = [k for k in arrays if k not in expected and not k.startswith("optimizer.")]
+    if unknown:
+        raise CheckpointError(f"{path}: unexpected arrays {unknown[:5]}")
+    params = {}
+    for name, shape in expected.items():
+        a = arrays[name]
+        if a.shape != shape:
+            raise CheckpointError(
+                f"{path}: parameter {name} has shape {a.shape}, but the config needs {shape}"
+            )
+        if a.dtype != np.dtype(config.dtype):
+            raise CheckpointError(f"{path}: parameter {name} is {a.dtype}, config says {config.dtype}")
+        params[name] = np.array(a)  # own, writeable copy
+
+    model = GPT(config, params=params, backend=backend, tokenizer=tokenizer)
+    rng_state = dict(meta.get("rng_state") or {})
+    if "dropout" in rng_state:
+        model.rng.bit_generator.state = rng_state.pop("dropout")
+    opt = None
+    if meta.get("optimizer_t") is not None:
+        opt_arrays = {k: v for k, v in arrays.items() if k.startswith("optimizer.")}
+        for name, shape in expected.items():
+            for kind in ("m", "v"):
+                a = opt_arrays.get(f"optimizer.{kind}.{name}")
+                if a is None or a.shape != shape:
+                    raise CheckpointError(f"{path}: optimizer state for {name} is missing or misshapen")
+        opt = {"t": meta["optimizer_t"], "arrays": opt_arrays}
+    train_config = None
+    if meta.get("train_config"):
+        train_config = TrainConfig.from_dict(meta["train_config"])
+    return Checkpoint(model=model, step=int(meta.get("step", 0)), train_config=train_config,
+                      optimizer_state=opt, rng_state=rng_state, meta=meta)

@@ -1,0 +1,1 @@
+"""Compiled (numba) kernels. Each agrees with a NumPy reference in minigpt.layers."""

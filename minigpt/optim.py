@@ -1,0 +1,88 @@
+"""AdamW, global-norm gradient clipping and the warm-up + cosine schedule.
+
+AdamW (Loshchilov & Hutter), for each parameter p with gradient g at step t:
+    m = b1 m + (1 - b1) g,      v = b2 v + (1 - b2) g^2
+    m_hat = m / (1 - b1^t),     v_hat = v / (1 - b2^t)
+    p = p - lr * (m_hat / (sqrt(v_hat) + eps) + wd * p)
+The weight decay is decoupled (it does not pass through m and v) and applies
+only to matrices and embeddings, never to biases or LayerNorm parameters.
+This is the same update as torch.optim.AdamW (which computes p *= 1 - lr*wd
+first; the two agree because that decay uses the old p as well).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def decays(name: str, p: np.ndarray) -> bool:
+    """Weight decay applies to 2-D tensors (weights, embeddings) only."""
+    return p.ndim >= 2
+
+
+def clip_grad_norm(grads: dict, max_norm: float) -> float:
+    """Scale all gradients in place so their global L2 norm is at most max_norm.
+
+    norm = sqrt(sum over tensors of sum g^2); if norm > max_norm every g is
+    multiplied by max_norm / norm. Returns the norm before clipping.
+    """
+    norm = math.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in grads.values()))
+    if max_norm > 0 and norm > max_norm:
+        scale = max_norm / (norm + 1e-6)
+        for g in grads.values():
+            g *= scale
+    return norm
+
+
+def lr_schedule(step: int, lr: float, min_lr: float, warmup_steps: int, total_steps: int) -> float:
+    """Learning rate for 0-based `step`.
+
+    Linear warm-up:  lr * (step + 1) / warmup_steps         for step < warmup_steps
+    Cosine decay:    min_lr + (lr - min_lr) * (1 + cos(pi * r)) / 2,
+                     r = (step - warmup_steps) / (total_steps - warmup_steps) in [0, 1]
+    """
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    r = min(1.0, (step - warmup_steps) / span)
+    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * r))
+
+
+class AdamW:
+    def __init__(self, params: dict, lr=1e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1):
+        self.params = params
+        self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
+        self.m = {k: np.zeros_like(p) for k, p in params.items()}
+        self.v = {k: np.zeros_like(p) for k, p in params.items()}
+        self.t = 0
+
+    def step(self, grads: dict, lr=None):
+        """One update of every parameter, in place."""
+        lr = self.lr if lr is None else lr
+        b1, b2 = self.betas
+        self.t += 1
+        bc1 = 1.0 - b1**self.t
+        bc2 = 1.0 - b2**self.t
+        for name, p in self.params.items():
+            g = grads[name]
+            m, v = self.m[name], self.v[name]
+            m *= b1
+            m += (1.0 - b1) * g
+            v *= b2
+            v += (1.0 - b2) * (g * g)
+            update = (m / bc1) / (np.sqrt(v / bc2) + self.eps)
+            if self.weight_decay and decays(name, p):
+                update = update + self.weight_decay * p
+            p -= lr * update
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        out = {f"optimizer.m.{k}": a for k, a in self.m.items()}
+        out.update({f"optimizer.v.{k}": a for k, a in self.v.items()})
+        return out
+
+    def load_state(self, arrays: dict, t: int):
+        for k in self.params:
+            self.m[k][...] = arrays[f"optimizer.m.{k}"]
+            self.v[k][...] = arrays[f"optimizer.v.{k}"]
+        self.t = int(t)

@@ -1,0 +1,52 @@
+"""Choosing the next token from the last position's logits.
+
+With temperature tau, p = softmax(z / tau); tau = 0 means greedy (argmax).
+top-k keeps the k largest logits; top-p (nucleus) keeps the smallest set of
+most likely tokens whose probabilities sum to at least p. The rest get
+probability 0 and the kept ones are renormalised.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import ConfigError
+
+
+def check_sampling_args(temperature, top_k, top_p):
+    if not np.isfinite(temperature) or temperature < 0:
+        raise ConfigError(f"temperature must be >= 0, got {temperature!r}")
+    if top_k is not None and (int(top_k) != top_k or top_k < 1):
+        raise ConfigError(f"top_k must be a positive integer, got {top_k!r}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ConfigError(f"top_p must be in (0, 1], got {top_p!r}")
+
+
+def next_token_probs(logits, temperature=1.0, top_k=None, top_p=None):
+    """(B, V) logits -> (B, V) float64 probabilities after temperature, top-k and top-p."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    if top_k is not None and top_k < z.shape[-1]:
+        kth = np.partition(z, -top_k, axis=-1)[:, -top_k][:, None]  # k-th largest
+        z = np.where(z < kth, -np.inf, z)
+    z = z - z.max(axis=-1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=-1, keepdims=True)
+    if top_p is not None and top_p < 1.0:
+        order = np.argsort(-p, axis=-1, kind="stable")
+        sorted_p = np.take_along_axis(p, order, axis=-1)
+        before = np.cumsum(sorted_p, axis=-1) - sorted_p  # mass ranked above each token
+        keep_sorted = before < top_p  # the first token is always kept
+        keep = np.zeros_like(keep_sorted)
+        np.put_along_axis(keep, order, keep_sorted, axis=-1)
+        p = np.where(keep, p, 0.0)
+        p /= p.sum(axis=-1, keepdims=True)
+    return p
+
+
+def sample_next_token(logits, rng, temperature=1.0, top_k=None, top_p=None):
+    """(B, V) logits -> (B,) int token ids."""
+    if temperature == 0:
+        return np.argmax(logits, axis=-1)
+    p = next_token_probs(logits, temperature, top_k, top_p)
+    cdf = np.cumsum(p, axis=-1)
+    u = rng.random((p.shape[0], 1)) * cdf[:, -1:]
+    return np.minimum((cdf <= u).sum(axis=-1), p.shape[-1] - 1)

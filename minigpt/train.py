@@ -1,0 +1,151 @@
+"""The training loop: AdamW + clipping + warm-up/cosine, with a progress bar,
+periodic validation and checkpoints, clean Ctrl-C, exact resume, and a stop
+on a non-finite loss.
+
+Exact resume: a checkpoint holds the parameters, AdamW's moments and step
+count, the batch sampler's RNG state and the dropout RNG state, so the steps
+after a resume draw the same batches and masks, and compute the same
+numbers, as an uninterrupted run would.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .checkpoint import Checkpoint, save_checkpoint
+from .config import TrainConfig
+from .data import Dataset
+from .errors import TrainingDiverged
+from .model import GPT
+from .optim import AdamW, clip_grad_norm, lr_schedule
+
+
+@dataclass
+class TrainResult:
+    step: int  # steps completed in total
+    train_losses: list = field(default_factory=list)  # [(step, loss)]
+    val_losses: list = field(default_factory=list)  # [(step, val loss)]
+    interrupted: bool = False
+    seconds: float = 0.0
+    tokens_per_second: float = 0.0
+
+
+def evaluate(model: GPT, dataset: Dataset, split="val", batch_size=32, max_batches=None) -> float:
+    """Mean cross-entropy over consecutive windows of a split (deterministic)."""
+    total, count = 0.0, 0
+    for x, y in dataset.iter_eval_batches(split, batch_size, max_batches):
+        total += model.loss(x, y) * y.size
+        count += y.size
+    return total / count
+
+
+class _StopFlag:
+    """Turns the first Ctrl-C into "stop after this step"; a second one aborts."""
+
+    def __init__(self):
+        self.stop = False
+        self._old = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.stop:
+            raise KeyboardInterrupt
+        self.stop = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def train(model: GPT, dataset: Dataset, tcfg: TrainConfig, out=None, resume: Checkpoint | None = None,
+          progress=True, callback=None, extra_meta=None) -> TrainResult:
+    """Train model in place for tcfg.steps steps in total.
+
+    out: checkpoint path, written every tcfg.checkpoint_every steps, at the
+    end and on Ctrl-C. resume: a loaded Checkpoint to continue from (its
+    model must be `model`). callback(step, loss) -> True stops after that step.
+    """
+    opt = AdamW(model.params, lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2), eps=tcfg.eps,
+                weight_decay=tcfg.weight_decay)
+    data_rng = np.random.default_rng(tcfg.seed)
+    result = TrainResult(step=0)
+    if resume is not None:
+        if resume.optimizer_state is not None:
+            opt.load_state(resume.optimizer_state["arrays"], resume.optimizer_state["t"])
+        if "data" in resume.rng_state:
+            data_rng.bit_generator.state = resume.rng_state["data"]
+        history = resume.meta.get("history") or {}
+        result.train_losses = [tuple(x) for x in history.get("train", [])]
+        result.val_losses = [tuple(x) for x in history.get("val", [])]
+        result.step = resume.step
+    saved = {"step": None}
+
+    def save(step):
+        if out is None:
+            return
+        meta = dict(extra_meta or {})
+        meta["history"] = {"train": result.train_losses, "val": result.val_losses}
+        save_checkpoint(out, model, step=step, optimizer=opt, train_config=tcfg,
+                        rng_state={"data": data_rng.bit_generator.state}, extra=meta)
+        saved["step"] = step
+
+    tokens_per_step = tcfg.batch_size * dataset.block_size
+    start_step, t0 = result.step, time.perf_counter()
+    bar = tqdm(total=tcfg.steps, initial=start_step, disable=not progress, unit="step",
+               dynamic_ncols=True, leave=True)
+    model.training = True
+    try:
+        with _StopFlag() as flag:
+            for step in range(start_step, tcfg.steps):
+                lr = lr_schedule(step, tcfg.lr, tcfg.min_lr, tcfg.warmup_steps, tcfg.steps)
+                x, y = dataset.get_batch("train", tcfg.batch_size, data_rng)  # (B, T)
+                _, loss = model.forward(x, y)
+                if not math.isfinite(loss):
+                    kept = (f"; the last good checkpoint {out} (step {saved['step']}) was kept"
+                            if saved["step"] is not None else "; no checkpoint was written")
+                    raise TrainingDiverged(
+                        f"loss became {loss} at step {step + 1} (try a lower --lr){kept}")
+                grads = model.backward()
+                norm = clip_grad_norm(grads, tcfg.grad_clip)
+                if not math.isfinite(norm):
+                    raise TrainingDiverged(f"gradient norm became {norm} at step {step + 1} (try a lower --lr)")
+                opt.step(grads, lr)
+                done = step + 1
+                result.step = done
+                result.train_losses.append((done, loss))
+                elapsed = time.perf_counter() - t0
+                postfix = {"loss": f"{loss:.3f}", "tok/s": f"{(done - start_step) * tokens_per_step / elapsed:,.0f}"}
+                if done % tcfg.eval_every == 0 or done == tcfg.steps:
+                    model.training = False
+                    val = evaluate(model, dataset, "val", tcfg.batch_size, tcfg.eval_batches)
+                    model.training = True
+                    result.val_losses.append((done, val))
+                if result.val_losses:
+                    postfix["val"] = f"{result.val_losses[-1][1]:.3f}"
+                bar.set_postfix(postfix, refresh=False)
+                bar.update(1)
+                if callback is not None and callback(done, loss):
+                    flag.stop = True
+                if flag.stop:
+                    result.interrupted = True
+                    break
+                if done % tcfg.checkpoint_every == 0 and done != tcfg.steps:
+                    save(done)
+        save(result.step)
+    finally:
+        model.training = False
+        bar.close()
+    result.seconds = time.perf_counter() - t0
+    steps_run = result.step - start_step
+    result.tokens_per_second = steps_run * tokens_per_step / result.seconds if result.seconds else 0.0
+    return result
