@@ -83,6 +83,9 @@ def build_parser():
     _add_train(sub)
     _add_sample(sub)
     _add_eval(sub)
+    from . import tour
+
+    tour.register(sub)
     return parser
 
 
