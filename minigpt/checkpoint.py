@@ -84,9 +84,10 @@ def load_checkpoint(path, backend=None) -> Checkpoint:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            if not hasattr(npz, "files"):
-                raise CheckpointError(f"{path} is a bare .npy array, not a minigpt checkpoint")
+        npz = np.load(path, allow_pickle=False)
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise CheckpointError(f"{path} is a bare .npy array, not a minigpt checkpoint")
+        with npz:
             arrays = {k: npz[k] for k in npz.files}
     except CheckpointError:
         raise

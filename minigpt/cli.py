@@ -177,7 +177,10 @@ def cmd_eval(args):
 
 def main(argv=None):
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2): return, don't raise
+        return e.code
     try:
         return args.func(args)
     except MinigptError as e:

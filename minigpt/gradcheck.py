@@ -23,17 +23,20 @@ def numerical_gradient(f, x, h=1e-5, indices=None):
     indices: iterable of flat indices to check (default: all of them).
     Returns an array like x holding the estimates (zeros where unchecked).
     """
-    grad = np.zeros_like(x, dtype=np.float64)
-    flat, gflat = x.reshape(-1), grad.reshape(-1)
+    grad = np.zeros(x.shape, dtype=np.float64)
+    gflat = grad.reshape(-1)  # grad is fresh and contiguous, so this is a view
     if indices is None:
         indices = range(x.size)
     for i in indices:
-        old = flat[i]
-        flat[i] = old + h
+        # index x by position, not through x.reshape(-1): for a non-contiguous
+        # x (e.g. w.T) reshape returns a copy and the perturbation would be lost
+        pos = np.unravel_index(int(i), x.shape)
+        old = x[pos]
+        x[pos] = old + h
         fp = f()
-        flat[i] = old - h
+        x[pos] = old - h
         fm = f()
-        flat[i] = old
+        x[pos] = old
         gflat[i] = (fp - fm) / (2 * h)
     return grad
 

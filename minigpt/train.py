@@ -105,7 +105,9 @@ def train(model: GPT, dataset: Dataset, tcfg: TrainConfig, out=None, resume: Che
                dynamic_ncols=True, leave=True)
     model.training = True
     try:
-        with _StopFlag() as flag:
+        # overflow is caught below as a non-finite loss or gradient norm, with
+        # a message naming the step, so numpy's own warnings would be noise
+        with _StopFlag() as flag, np.errstate(over="ignore", invalid="ignore"):
             for step in range(start_step, tcfg.steps):
                 lr = lr_schedule(step, tcfg.lr, tcfg.min_lr, tcfg.warmup_steps, tcfg.steps)
                 x, y = dataset.get_batch("train", tcfg.batch_size, data_rng)  # (B, T)
