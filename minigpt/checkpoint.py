@@ -59,13 +59,26 @@ def atomic_write(path, write_fn):
         raise
 
 
+def _tokenizer_from_meta(meta: dict):
+    """The tokenizer a checkpoint's "tokenizer" entry describes."""
+    from .bpe import KIND, ByteLevelBPE
+
+    if meta.get("kind") != KIND:
+        raise CheckpointError(f"unknown tokenizer kind {meta.get('kind')!r}")
+    return ByteLevelBPE.from_meta(meta)
+
+
 def save_checkpoint(path, model: GPT, step=0, optimizer=None, train_config=None,
                     rng_state=None, extra=None):
     meta = {
         "format": FORMAT,
         "version": VERSION,
         "config": model.config.to_dict(),
-        "vocab": None if model.tokenizer is None else model.tokenizer.to_json(),
+        # a character vocabulary is stored as "vocab" (as in every older file);
+        # any other tokenizer (GPT-2's BPE) as "tokenizer": {"kind": ..., ...}
+        "vocab": model.tokenizer.to_json() if isinstance(model.tokenizer, CharTokenizer) else None,
+        "tokenizer": None if model.tokenizer is None or isinstance(model.tokenizer, CharTokenizer)
+        else model.tokenizer.to_meta(),
         "step": int(step),
         "train_config": None if train_config is None else train_config.to_dict(),
         "optimizer_t": None if optimizer is None else int(optimizer.t),
@@ -110,9 +123,14 @@ def load_checkpoint(path, backend=None) -> Checkpoint:
     try:
         config = GPTConfig.from_dict(meta["config"])
         tokenizer = None if meta.get("vocab") is None else CharTokenizer.from_json(meta["vocab"])
-    except (MinigptError, KeyError, TypeError) as e:
+        if meta.get("tokenizer") is not None:  # absent in files older than the BPE tokenizer
+            tokenizer = _tokenizer_from_meta(meta["tokenizer"])
+    except (MinigptError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: invalid config or vocabulary in metadata ({e})") from None
-    if tokenizer is not None and tokenizer.vocab_size != config.vocab_size:
+    if not isinstance(tokenizer, (CharTokenizer, type(None))) and tokenizer.vocab_size > config.vocab_size:
+        raise CheckpointError(f"{path}: tokenizer ids reach {tokenizer.vocab_size - 1}, "
+                              f"beyond config.vocab_size={config.vocab_size}")
+    if isinstance(tokenizer, CharTokenizer) and tokenizer.vocab_size != config.vocab_size:
         raise CheckpointError(
             f"{path}: vocabulary has {tokenizer.vocab_size} characters but config.vocab_size={config.vocab_size}"
         )

@@ -86,6 +86,10 @@ def build_parser():
     from . import tour
 
     tour.register(sub)
+    from . import hf
+
+    hf.add_export_hf(sub)
+    hf.add_import_hf(sub)
     return parser
 
 
