@@ -45,7 +45,8 @@ class GPTConfig:
             raise ConfigError(
                 f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}"
             )
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+        if (isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float, np.floating, np.integer))
+                or not 0.0 <= self.dropout < 1.0):
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.dtype not in _DTYPES:
             raise ConfigError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")

@@ -12,12 +12,16 @@ import numpy as np
 from .errors import ConfigError
 
 
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
+
+
 def check_sampling_args(temperature, top_k, top_p):
-    if not np.isfinite(temperature) or temperature < 0:
-        raise ConfigError(f"temperature must be >= 0, got {temperature!r}")
-    if top_k is not None and (int(top_k) != top_k or top_k < 1):
+    if not _is_number(temperature) or not np.isfinite(temperature) or temperature < 0:
+        raise ConfigError(f"temperature must be a number >= 0, got {temperature!r}")
+    if top_k is not None and (not isinstance(top_k, (int, np.integer)) or isinstance(top_k, bool) or top_k < 1):
         raise ConfigError(f"top_k must be a positive integer, got {top_k!r}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
+    if top_p is not None and (not _is_number(top_p) or not 0.0 < top_p <= 1.0):
         raise ConfigError(f"top_p must be in (0, 1], got {top_p!r}")
 
 

@@ -363,6 +363,10 @@ def test_seeded_sampling_is_reproducible():
         dict(top_p=-0.1),
         dict(top_p=1.5),
         dict(top_p=float("nan")),
+        dict(top_k=float("nan")),
+        dict(top_k=True),
+        dict(temperature="1"),
+        dict(top_p="0.9"),
     ],
 )
 def test_invalid_sampling_args_raise(kwargs):
@@ -401,6 +405,7 @@ def test_empty_prompt_raises():
         ("dropout", 1.5),
         ("dropout", float("nan")),
         ("dropout", "0.1"),
+        ("dropout", False),
         ("dtype", "float16"),
         ("dtype", "int32"),
         ("dtype", None),
@@ -418,6 +423,11 @@ def test_n_embd_not_divisible_by_n_head():
     with pytest.raises(ConfigError) as err:
         GPTConfig(n_embd=10, n_head=4)
     assert "n_embd=10" in str(err.value) and "n_head=4" in str(err.value)
+
+
+def test_numpy_scalars_are_valid_config_values():
+    cfg = GPTConfig(n_layer=np.int64(2), dropout=np.float32(0.25))
+    assert cfg.dropout == pytest.approx(0.25)
 
 
 def test_valid_config_and_replace():
