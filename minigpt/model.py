@@ -39,7 +39,7 @@ from .layers import (
 from .layers.attention import get_attention_backend
 from .sampling import check_sampling_args, sample_next_token
 
-DEFAULT_BACKEND = "numpy"
+DEFAULT_BACKEND = "numba"  # minigpt.kernels; "numpy" is the reference that defines each op
 
 
 def param_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:

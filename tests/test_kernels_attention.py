@@ -1,0 +1,121 @@
+"""The numba attention kernel against the NumPy reference that defines it."""
+import numpy as np
+import pytest
+
+from minigpt.gradcheck import check_op
+from minigpt.kernels.attention import BLOCK, attention_backward, attention_forward
+from minigpt.kernels.fastexp import fexp_array
+from minigpt.layers.attention import (
+    ATTENTION_BACKENDS,
+    causal_attention_backward,
+    causal_attention_forward,
+    get_attention_backend,
+)
+
+# Both sides round differently (blocked online softmax, polynomial exp, other
+# summation order): the difference is a few ulps of values of size ~1 times
+# the number of terms summed, so allow ~1e3 eps of each dtype.
+TOL = {np.float32: 2e-4, np.float64: 1e-12}
+
+# (B, H, T_q, T_k, D): T=1, one head, head size 1, batch 1, T not a multiple
+# of BLOCK (and longer than one block), and T_q < T_k (KV-cache decoding).
+SHAPES = [
+    (1, 1, 1, 1, 1),
+    (2, 3, 7, 7, 5),
+    (1, 1, BLOCK + 37, BLOCK + 37, 4),
+    (2, 1, 1, 17, 8),
+    (1, 2, 5, 2 * BLOCK + 3, 3),
+    (3, 2, 6, 6, 1),
+]
+
+
+def _inputs(shape, dtype, seed=0, scale=1.0):
+    B, H, T_q, T_k, D = shape
+    rng = np.random.default_rng(seed)
+    q = (scale * rng.standard_normal((B, H, T_q, D))).astype(dtype)
+    k = (scale * rng.standard_normal((B, H, T_k, D))).astype(dtype)
+    v = rng.standard_normal((B, H, T_k, D)).astype(dtype)
+    dout = rng.standard_normal((B, H, T_q, D)).astype(dtype)
+    return q, k, v, dout
+
+
+def _compare(q, k, v, dout, tol):
+    out, cache = attention_forward(q, k, v)
+    ref, ref_cache = causal_attention_forward(q, k, v)
+    assert out.dtype == q.dtype and out.shape == ref.shape
+    np.testing.assert_allclose(out, ref, rtol=tol, atol=tol)
+    grads = attention_backward(dout, cache)
+    ref_grads = causal_attention_backward(dout, ref_cache)
+    for name, g, r in zip("qkv", grads, ref_grads):
+        assert g.dtype == q.dtype and g.shape == r.shape, name
+        np.testing.assert_allclose(g, r, rtol=tol, atol=tol, err_msg=f"d{name}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_matches_reference(shape, dtype):
+    _compare(*_inputs(shape, dtype), TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_large_scores_move_the_running_max(dtype):
+    # Scores of size ~100 whose maximum keeps growing along the keys: every
+    # new block raises the running max, so the rescaling path is exercised;
+    # a missing rescale would be off by factors of e^100.
+    B, H, T, D = 1, 2, 3 * BLOCK + 5, 4
+    rng = np.random.default_rng(1)
+    q = np.full((B, H, T, D), 3.0) + 0.1 * rng.standard_normal((B, H, T, D))
+    k = np.linspace(0, 8, T)[None, None, :, None] * np.ones((B, H, T, D))
+    k = k + 0.1 * rng.standard_normal((B, H, T, D))
+    v = rng.standard_normal((B, H, T, D))
+    dout = rng.standard_normal((B, H, T, D))
+    _compare(*(a.astype(dtype) for a in (q, k, v, dout)), TOL[dtype])
+
+
+def test_all_zero_inputs():
+    # zero scores: each query averages the visible values uniformly
+    shape = (2, 2, 9, 9, 4)
+    _, _, v, dout = _inputs(shape, np.float64)
+    z = np.zeros((2, 2, 9, 4))
+    out, cache = attention_forward(z, z, z)
+    assert np.all(out == 0.0)
+    dq, dk, dv = attention_backward(np.zeros_like(out), cache)
+    assert not (dq.any() or dk.any() or dv.any())
+    _compare(z, z, v, dout, TOL[np.float64])
+
+
+def test_kv_cache_rows_equal_the_full_computation():
+    # the last T_q rows of a full pass equal a pass with only those queries
+    q, k, v, _ = _inputs((2, 2, 11, 11, 4), np.float64)
+    full, _ = attention_forward(q, k, v)
+    tail, _ = attention_forward(q[:, :, -3:], k, v)
+    np.testing.assert_allclose(tail, full[:, :, -3:], rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 4, 6, 3), (2, 1, 5, 5, 2), (1, 1, 1, 1, 1)])
+def test_backward_against_finite_differences(shape):
+    # float64: the centred difference's O(h^2) error and rounding stay near 1e-9
+    q, k, v, _ = _inputs(shape, np.float64, seed=3)
+    errors = check_op(attention_forward, attention_backward, [q, k, v])
+    assert max(errors) < 1e-7, errors
+
+
+def test_float_exp_matches_numpy():
+    for dtype, tol in ((np.float32, 4e-7), (np.float64, 6e-16)):
+        x = np.linspace(-80, 0.5, 10001).astype(dtype)
+        np.testing.assert_allclose(fexp_array(x), np.exp(x), rtol=tol, atol=0)
+        assert fexp_array(np.array([-1000.0], dtype))[0] == 0.0  # underflow gives 0, not garbage
+
+
+def test_registered_as_numba_backend():
+    fwd, bwd = get_attention_backend("numba")
+    assert fwd is attention_forward and bwd is attention_backward
+    assert ATTENTION_BACKENDS["numpy"] == (causal_attention_forward, causal_attention_backward)
+
+
+def test_rejects_bad_shapes():
+    q = np.zeros((1, 1, 5, 4))
+    with pytest.raises(ValueError):
+        attention_forward(q, np.zeros((1, 1, 3, 4)), np.zeros((1, 1, 3, 4)))  # T_q > T_k
+    with pytest.raises(ValueError):
+        attention_forward(q.astype(np.float32), q, q)  # mixed dtypes
