@@ -18,7 +18,9 @@ tried left to right at each position. Python's ``re`` has no \\p{L}
 (letter) or \\p{N} (number), so ``pretokenize`` below scans the text by
 hand, classifying each character with ``unicodedata`` into letter, number,
 whitespace (Unicode's White_Space property, which is what \\s means there)
-or other, and follows the alternatives in the same order.
+or other, and follows the alternatives in the same order. (The categories
+are those of Python's own Unicode version; a character assigned only in a
+newer version counts as "other" here.)
 """
 from __future__ import annotations
 
