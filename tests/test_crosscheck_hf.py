@@ -31,9 +31,11 @@ SHAPES = [
     (20, 8, 2, 2, 8, 4, 1),
     (65, 32, 3, 3, 24, 2, 31),
 ]
+# attention kernels: the NumPy reference and the default compiled one
+BACKENDS = ["numpy", "numba"]
 
 
-def random_model(V, block, L, H, C, dtype, seed=0):
+def random_model(V, block, L, H, C, dtype, seed=0, backend=None):
     """A GPT whose weights are O(1) random, not GPT-2's small init: a zero or
     near-constant weight would hide a wrong index or a missing term."""
     cfg = GPTConfig(vocab_size=V, block_size=block, n_layer=L, n_head=H, n_embd=C, dtype=dtype)
@@ -49,7 +51,7 @@ def random_model(V, block, L, H, C, dtype, seed=0):
         else:
             q = rng.normal(0.0, 0.1, p.shape)
         params[name] = q.astype(dtype)
-    return GPT(cfg, params=params)
+    return GPT(cfg, params=params, backend=backend)
 
 
 def hf_twin(model):
@@ -80,9 +82,10 @@ def tokens(V, B, T, seed):
 F32_RTOL = 1e-5
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("V, block, L, H, C, B, T", SHAPES)
-def test_logits_and_loss_match_gpt2(V, block, L, H, C, B, T):
-    model = random_model(V, block, L, H, C, "float32", seed=T)
+def test_logits_and_loss_match_gpt2(V, block, L, H, C, B, T, backend):
+    model = random_model(V, block, L, H, C, "float32", seed=T, backend=backend)
     hf = hf_twin(model)
     seq = tokens(V, B, T + 1, seed=1)  # (B, T+1): inputs are seq[:, :-1], targets seq[:, 1:]
     logits, loss = model.forward(seq[:, :-1], seq[:, 1:])
@@ -92,7 +95,7 @@ def test_logits_and_loss_match_gpt2(V, block, L, H, C, B, T):
         ref_loss = hf(torch.from_numpy(seq), labels=torch.from_numpy(seq)).loss.item()
     scale = max(1.0, float(np.abs(ref).max()))
     d_logits, d_loss = float(np.abs(logits - ref).max()), abs(loss - ref_loss)
-    print(f"\nshape V={V} L={L} H={H} C={C} B={B} T={T}: max|d logits| = {d_logits:.2e} "
+    print(f"\n{backend} V={V} L={L} H={H} C={C} B={B} T={T}: max|d logits| = {d_logits:.2e} "
           f"(max|logit| {scale:.1f}), |d loss| = {d_loss:.2e} (loss {loss:.4f})")
     assert logits.dtype == np.float32 and logits.shape == ref.shape
     assert d_logits <= F32_RTOL * scale
@@ -115,9 +118,10 @@ def grad_table():
         print(f"    {kind:22s} {rel:.1e}  ({diff:.1e})")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("V, block, L, H, C, B, T", SHAPES)
-def test_every_gradient_matches_torch_autograd_in_float64(V, block, L, H, C, B, T, grad_table):
-    model = random_model(V, block, L, H, C, "float64", seed=T)
+def test_every_gradient_matches_torch_autograd_in_float64(V, block, L, H, C, B, T, backend, grad_table):
+    model = random_model(V, block, L, H, C, "float64", seed=T, backend=backend)
     hf = hf_twin(model)
     x, y = tokens(V, B, T, seed=2), tokens(V, B, T, seed=3)
     _, loss = model.forward(x, y)
@@ -133,7 +137,7 @@ def test_every_gradient_matches_torch_autograd_in_float64(V, block, L, H, C, B, 
         prev = grad_table.get(kind, (0.0, 0.0))
         grad_table[kind] = (max(prev[0], errors[k]), max(prev[1], diff))
     worst = max(errors, key=errors.get)
-    print(f"\nshape V={V} L={L} H={H} C={C} T={T}: |d loss| = {abs(loss - ref_loss.item()):.1e}, "
+    print(f"\n{backend} V={V} L={L} H={H} C={C} T={T}: |d loss| = {abs(loss - ref_loss.item()):.1e}, "
           f"max gradient rel err {errors[worst]:.1e} ({worst})")
     for k in sorted(errors, key=errors.get, reverse=True)[:3]:
         print(f"    {k:28s} {errors[k]:.1e}")
