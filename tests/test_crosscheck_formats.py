@@ -82,3 +82,14 @@ def test_bpe_on_the_fixture_text_and_special_token(tokenizers):
         ids = ours.encode(text).tolist()
         assert ids == ref(text)["input_ids"], text
         assert ours.decode(ids) == ref.decode(ids) == text
+
+
+def test_exported_bpe_files_load_in_gpt2tokenizer(tokenizers, tmp_path):
+    from minigpt import GPT, GPTConfig
+    from minigpt.hf import export_hf
+
+    ours, _ = tokenizers
+    cfg = GPTConfig(vocab_size=ours.vocab_size, block_size=8, n_layer=1, n_head=1, n_embd=4)
+    export_hf(GPT(cfg, tokenizer=ours), tmp_path)
+    ref = transformers.GPT2Tokenizer.from_pretrained(tmp_path)
+    assert ref(bpe_fixture.TEXT)["input_ids"] == ours.encode(bpe_fixture.TEXT).tolist()
