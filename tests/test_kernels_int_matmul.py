@@ -1,0 +1,125 @@
+"""Integer matmul kernels against the NumPy references that define them."""
+import numpy as np
+import pytest
+
+from minigpt.kernels import int_matmul as K
+from minigpt.kernels import int_matmul_ref as R
+
+# (M, K, N): one row, one column, N not a multiple of the 4-channel tiles,
+# M not a multiple of the 4-row int4 blocks, N beyond one 256-column tile.
+SHAPES = [(1, 1, 1), (3, 5, 7), (1, 64, 6), (5, 32, 300), (17, 96, 12)]
+
+# Float results: the kernels sum the K products in another order (vectorised
+# partial sums), so they differ from BLAS by ~K eps relative to the row norms.
+FTOL = {np.float32: 1e-5, np.float64: 1e-13}
+
+
+def _int8(rng, shape):
+    return rng.integers(-128, 128, shape).astype(np.int8)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_int8_int32_is_exact(shape):
+    M, Kd, N = shape
+    rng = np.random.default_rng(0)
+    a, w = _int8(rng, (M, Kd)), _int8(rng, (N, Kd))
+    np.testing.assert_array_equal(K.int8_matmul_int32(a, w), R.int8_matmul_int32_ref(a, w))
+
+
+@pytest.mark.parametrize("value_a, value_w", [(-128, -128), (127, -128), (127, 127), (0, -128)])
+def test_int8_extremes(value_a, value_w):
+    # the largest products: K * 128 * 128 must not wrap in the int32 accumulator
+    Kd = 1000
+    a = np.full((2, Kd), value_a, dtype=np.int8)
+    w = np.full((5, Kd), value_w, dtype=np.int8)
+    out = K.int8_matmul_int32(a, w)
+    assert out.dtype == np.int32
+    assert np.all(out == Kd * value_a * value_w)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_int8_rescaled_matches_reference(shape, dtype):
+    M, Kd, N = shape
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((M, Kd)).astype(dtype)
+    w = rng.standard_normal((Kd, N)).astype(dtype)
+    a_q, a_s = R.quantize_per_row(x)
+    w_q, w_s = R.quantize_per_channel(w)
+    got = K.int8_matmul(a_q, a_s, w_q, w_s)
+    assert got.dtype == dtype
+    # int32 sums are exact and converted exactly; the two scale products are
+    # done in the same order and dtype as the reference: bit-for-bit equal
+    np.testing.assert_array_equal(got, R.int8_matmul_ref(a_q, a_s, w_q, w_s))
+    # and the whole thing approximates the float product to int8 precision
+    np.testing.assert_allclose(K.quantized_linear_int8(x, w_q, w_s), x @ w, atol=0.05 * np.sqrt(Kd))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_int8_weight_only_matches_reference(shape, dtype):
+    M, Kd, N = shape
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((M, Kd)).astype(dtype)
+    w_q, w_s = R.quantize_per_channel(rng.standard_normal((Kd, N)).astype(dtype))
+    got = K.int8_weight_matmul(x, w_q, w_s)
+    ref = R.int8_weight_matmul_ref(x, w_q, w_s)
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got, ref, rtol=FTOL[dtype], atol=FTOL[dtype] * np.sqrt(Kd))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, group", [((1, 2, 1), 2), ((3, 8, 7), 4), ((5, 64, 300), 32),
+                                          ((1, 96, 9), 32), ((6, 128, 20), 64)])
+def test_int4_weight_only_matches_reference(shape, group, dtype):
+    M, Kd, N = shape
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((M, Kd)).astype(dtype)
+    packed, scales = R.quantize_int4_groupwise(rng.standard_normal((Kd, N)).astype(dtype), group)
+    assert packed.shape == (Kd // 2, N) and packed.dtype == np.uint8 and scales.shape == (Kd // group, N)
+    got = K.int4_weight_matmul(x, packed, scales, group)
+    ref = R.int4_weight_matmul_ref(x, packed, scales, group)
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got, ref, rtol=FTOL[dtype], atol=FTOL[dtype] * np.sqrt(Kd))
+
+
+def test_int4_extremes_and_zero_inputs():
+    # every nibble value -8..7, including -8 which the quantizer never emits
+    q = np.tile(np.arange(-8, 8, dtype=np.int8), 4).reshape(32, 2)  # (K=32, N=2)
+    packed = R.pack_int4(q, 8)
+    np.testing.assert_array_equal(R.unpack_int4(packed, 8), q)
+    scales = np.full((4, 2), 0.5)
+    x = np.ones((1, 32))
+    np.testing.assert_allclose(K.int4_weight_matmul(x, packed, scales, 8), R.int4_weight_matmul_ref(x, packed, scales, 8))
+    zero = K.int4_weight_matmul(np.zeros((3, 32)), packed, scales, 8)
+    assert zero.shape == (3, 2) and not zero.any()
+
+
+def test_all_zero_inputs():
+    x = np.zeros((3, 16), dtype=np.float32)
+    a_q, a_s = R.quantize_per_row(x)
+    assert not a_q.any() and np.all(a_s == 1.0)  # no division by zero
+    w_q, w_s = R.quantize_per_channel(np.zeros((16, 5), dtype=np.float32))
+    assert not K.int8_matmul(a_q, a_s, w_q, w_s).any()
+    assert not K.int8_weight_matmul(x, w_q, w_s).any()
+
+
+def test_quantizers_round_to_nearest_level():
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((64, 10))
+    w_q, w_s = R.quantize_per_channel(w)
+    assert w_q.shape == (10, 64) and np.abs(w_q).max() == 127
+    assert np.all(np.abs(R.dequantize_int8(w_q, w_s).T - w) <= w_s / 2 + 1e-12)
+    packed, scales = R.quantize_int4_groupwise(w, 16)
+    err = np.abs(R.dequantize_int4(packed, scales, 16) - w)
+    assert np.all(err <= np.repeat(scales, 16, axis=0) / 2 + 1e-12)
+
+
+def test_shape_errors():
+    with pytest.raises(ValueError):
+        K.int8_matmul_int32(np.zeros((2, 3), np.int8), np.zeros((4, 5), np.int8))
+    with pytest.raises(ValueError):
+        R.quantize_int4_groupwise(np.zeros((12, 2)), 8)  # K not a multiple of the group
+    packed, scales = R.quantize_int4_groupwise(np.ones((16, 2)), 8)
+    with pytest.raises(ValueError):
+        K.int4_weight_matmul(np.ones((1, 16)), packed, scales, 4)  # wrong group for these scales
