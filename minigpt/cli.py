@@ -54,7 +54,7 @@ def _add_sample(sub):
                        description="Generate text. --temperature 0 is greedy decoding.")
     p.add_argument("checkpoint")
     p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
-    p.add_argument("--tokens", type=int, default=300, help="how many characters to generate")
+    p.add_argument("--tokens", type=int, default=300, help="how many tokens to generate (characters, for a character-level model)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int)
     p.add_argument("--top-p", type=float)
@@ -174,7 +174,10 @@ def cmd_eval(args):
     text, source = load_corpus(args.text or ckpt.meta.get("corpus"))
     dataset = Dataset.from_text(text, model.tokenizer, model.config.block_size)
     loss = evaluate(model, dataset, args.split, args.batch_size, args.max_batches)
-    print(f"{args.split} loss {loss:.4f}  bits/char {loss / math.log(2):.4f}  "
+    from .tokenizer import CharTokenizer
+
+    unit = "char" if isinstance(model.tokenizer, CharTokenizer) else "token"
+    print(f"{args.split} loss {loss:.4f}  bits/{unit} {loss / math.log(2):.4f}  "
           f"(step {ckpt.step}, corpus {source})")
     return 0
 
