@@ -25,8 +25,6 @@ from .layers import (
     dropout_forward,
     embedding_backward,
     embedding_forward,
-    gelu_backward,
-    gelu_forward,
     layernorm_backward,
     layernorm_forward,
     linear_backward,
@@ -37,6 +35,7 @@ from .layers import (
     multihead_attention_forward,
 )
 from .layers.attention import get_attention_backend
+from .layers.backends import get_ops
 from .sampling import check_sampling_args, sample_next_token
 
 DEFAULT_BACKEND = "numba"  # minigpt.kernels; "numpy" is the reference that defines each op
@@ -112,6 +111,7 @@ class GPT:
         self.training = False  # dropout is active only while True
         self.rng = np.random.default_rng(seed)  # dropout masks
         self._caches = None
+        self._ops = None  # the (forward, backward) table the last forward used
 
     # ---------------------------------------------------------------- forward
     def forward(self, idx, targets=None, kv_cache: KVCache | None = None):
@@ -135,6 +135,7 @@ class GPT:
             raise ConfigError(f"token ids must lie in [0, {cfg.vocab_size})")
         train = self.training and kv_cache is None
         p_drop = cfg.dropout
+        ops = get_ops(self.backend)  # kernels for this backend; backward uses the same ones
         caches = {}
 
         x, caches["emb"] = embedding_forward(idx, P["wte.weight"], P["wpe.weight"], offset)
@@ -156,7 +157,7 @@ class GPT:
             # MLP branch
             m, caches[h + "ln_2"] = layernorm_forward(x, P[h + "ln_2.weight"], P[h + "ln_2.bias"])
             m, caches[h + "c_fc"] = linear_forward(m, P[h + "mlp.c_fc.weight"], P[h + "mlp.c_fc.bias"])  # (B, T, 4C)
-            m, caches[h + "gelu"] = gelu_forward(m)
+            m, caches[h + "gelu"] = ops["gelu"][0](m)
             m, caches[h + "mlp.c_proj"] = linear_forward(m, P[h + "mlp.c_proj.weight"], P[h + "mlp.c_proj.bias"])  # (B, T, C)
             m, caches[h + "mlp_drop"] = dropout_forward(m, p_drop, self.rng, train)
             x = x + m  # (B, T, C) residual
@@ -168,6 +169,7 @@ class GPT:
             loss, caches["loss"] = cross_entropy_forward(logits, np.asarray(targets))
             loss = float(loss)
         self._caches = caches if (targets is not None and kv_cache is None) else None
+        self._ops = ops
         return logits, loss
 
     # --------------------------------------------------------------- backward
@@ -185,7 +187,7 @@ class GPT:
             # x = x + m: the residual passes dx through and also feeds the MLP branch
             dm = dropout_backward(dx, c[h + "mlp_drop"])
             dm, g[h + "mlp.c_proj.weight"], g[h + "mlp.c_proj.bias"] = linear_backward(dm, c[h + "mlp.c_proj"])
-            dm = gelu_backward(dm, c[h + "gelu"])
+            dm = self._ops["gelu"][1](dm, c[h + "gelu"])
             dm, g[h + "mlp.c_fc.weight"], g[h + "mlp.c_fc.bias"] = linear_backward(dm, c[h + "c_fc"])
             dm, g[h + "ln_2.weight"], g[h + "ln_2.bias"] = layernorm_backward(dm, c[h + "ln_2"])
             dx = dx + dm

@@ -9,3 +9,8 @@ from ..layers.attention import ATTENTION_BACKENDS
 from .attention import attention_backward, attention_forward
 
 ATTENTION_BACKENDS["numba"] = (attention_forward, attention_backward)
+
+from ..layers.backends import OP_OVERRIDES
+from .gelu import gelu_backward, gelu_forward
+
+OP_OVERRIDES["numba"] = {"gelu": (gelu_forward, gelu_backward)}

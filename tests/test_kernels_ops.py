@@ -1,0 +1,49 @@
+"""Fused numba kernels for the model's other ops against their NumPy references."""
+import numpy as np
+import pytest
+
+from minigpt.gradcheck import check_op
+from minigpt.kernels.gelu import gelu_backward, gelu_forward
+from minigpt.layers.backends import get_ops
+from minigpt.layers.gelu import gelu_backward as ref_backward
+from minigpt.layers.gelu import gelu_forward as ref_forward
+
+# tanh from a polynomial exp, other rounding order: a few ulps of values
+# of size ~|x| (the derivative of GELU is bounded by ~1.13)
+TOL = {np.float32: 2e-6, np.float64: 1e-14}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1,), (1, 1, 1), (3, 7), (2, 5, 33)])
+def test_gelu_matches_reference(shape, dtype):
+    rng = np.random.default_rng(0)
+    x = (4 * rng.standard_normal(shape)).astype(dtype)
+    x.flat[0] = -40.0 if x.size > 1 else x.flat[0]  # tanh saturates: no overflow in exp
+    dout = rng.standard_normal(shape).astype(dtype)
+    out, cache = gelu_forward(x)
+    ref, ref_cache = ref_forward(x)
+    assert out.dtype == dtype and out.shape == shape
+    scale = 1.0 + np.abs(x)
+    assert np.all(np.abs(out - ref) <= TOL[dtype] * scale)
+    dx = gelu_backward(dout, cache)
+    assert dx.dtype == dtype and dx.shape == shape
+    assert np.all(np.abs(dx - ref_backward(dout, ref_cache)) <= TOL[dtype] * scale * (1 + np.abs(dout)))
+
+
+def test_gelu_zero_and_large_inputs():
+    x = np.array([0.0, 1e-8, -1e-8, 50.0, -50.0, 1e4, -1e4])
+    out, cache = gelu_forward(x)
+    np.testing.assert_allclose(out, ref_forward(x)[0], rtol=1e-14, atol=1e-300)
+    assert out[0] == 0.0 and out[3] == 50.0 and out[4] == 0.0
+    np.testing.assert_allclose(gelu_backward(np.ones_like(x), cache), [0.5, 0.5, 0.5, 1, 0, 1, 0], atol=1e-8)
+
+
+def test_gelu_backward_against_finite_differences():
+    x = np.random.default_rng(1).standard_normal((3, 4)) * 2
+    (err,) = check_op(gelu_forward, gelu_backward, [x])
+    assert err < 1e-8
+
+
+def test_backend_op_tables():
+    assert get_ops("numba")["gelu"] == (gelu_forward, gelu_backward)
+    assert get_ops("numpy")["gelu"] == (ref_forward, ref_backward)
