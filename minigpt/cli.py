@@ -90,6 +90,7 @@ def build_parser():
 
     hf.add_export_hf(sub)
     hf.add_import_hf(sub)
+    __import__("minigpt.bench").bench.register(sub)  # minigpt bench (imported here: numba loads lazily)
     return parser
 
 

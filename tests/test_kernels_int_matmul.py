@@ -123,3 +123,25 @@ def test_shape_errors():
     packed, scales = R.quantize_int4_groupwise(np.ones((16, 2)), 8)
     with pytest.raises(ValueError):
         K.int4_weight_matmul(np.ones((1, 16)), packed, scales, 4)  # wrong group for these scales
+
+
+@pytest.mark.parametrize("kind, tol", [("int8", 0.02), ("int4", 0.2)])
+def test_quantized_weights_run_the_unchanged_model(kind, tol):
+    from minigpt import GPT, GPTConfig
+    from minigpt.kernels.qweights import Int4Weight, Int8Weight, quantize_weights, weight_bytes
+
+    cfg = GPTConfig(vocab_size=20, block_size=16, n_layer=2, n_head=2, n_embd=32)
+    model = GPT(cfg, seed=0)
+    qmodel = quantize_weights(model, kind)
+    w = qmodel.params["h.0.mlp.c_fc.weight"]
+    assert isinstance(w, Int8Weight if kind == "int8" else Int4Weight)
+    assert weight_bytes(qmodel.params) < weight_bytes(model.params)
+    # x @ W goes through the integer kernel and equals x @ dequantized W
+    x = np.random.default_rng(0).standard_normal((2, 3, 32)).astype(np.float32)
+    np.testing.assert_allclose(x @ w, x @ w.dequantize(), rtol=1e-5, atol=1e-5)
+    idx = np.array([[1, 5, 2, 7, 3]])
+    ref, _ = model.forward(idx)
+    got, _ = qmodel.forward(idx)
+    # weights off by up to half a step (1/254 or 1/14 of the largest weight)
+    assert np.abs(got - ref).max() < tol * np.abs(ref).max()
+    assert qmodel.generate([1, 2], 5, temperature=0).shape == (7,)

@@ -1,0 +1,326 @@
+"""``minigpt bench``: the kernels side by side with the NumPy reference and,
+when it is installed, PyTorch, in one run and one table.
+
+Every row is the median of several timed repeats after one untimed warm-up
+(which also pays any numba compilation). Threads: numba and torch are given
+the same count (NUMBA_NUM_THREADS, default all cores); NumPy's BLAS uses its
+own default. Peak memory is the rise of the process's resident-set
+high-water mark during one call (Linux /proc; '-' elsewhere).
+
+Sections (shapes from the issue that asked for this benchmark):
+- attention, forward and forward+backward: B=16, 4 heads, head size 32, float32;
+- integer matmul, GOPS = 2 M K N / time, at the base model's shapes and
+  GPT-2-small's, and one decoding row (M = 1);
+- one training step (forward, backward, clipping, AdamW) of the base preset;
+- generation with a KV cache, batch 1, at GPT-2-small's shape with float32,
+  int8 and int4 weights.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+
+# ----------------------------------------------------------------- helpers
+def _torch():
+    """The torch module if it imports, else None (torch is optional)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def time_call(fn, repeats):
+    """Median wall time of fn() over `repeats` calls, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _status_kb(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def peak_extra_mb(fn):
+    """Rise of the resident-set high-water mark during one fn() call, in MB (None if unmeasurable).
+
+    Writing 5 to /proc/self/clear_refs resets the high-water mark to the
+    current RSS, so the mark afterwards minus RSS before is what fn() added
+    at its peak (big arrays come from fresh mmaps, so reuse of freed memory
+    does not hide them).
+    """
+    try:
+        gc.collect()
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = _status_kb("VmRSS")
+        fn()
+        return (_status_kb("VmHWM") - before) / 1024
+    except (OSError, KeyError):
+        return None
+
+
+def _row(section, case, impl, seconds, rate=None, unit="", ratio=None, vs="", peak=None):
+    return {"section": section, "case": case, "impl": impl, "ms": seconds * 1e3, "rate": rate,
+            "unit": unit, "ratio": ratio, "vs": vs, "peak_mb": peak}
+
+
+# --------------------------------------------------------------- attention
+def bench_attention(quick, torch):
+    from .kernels.attention import attention_backward, attention_forward
+    from .layers.attention import causal_attention_backward, causal_attention_forward
+
+    B, H, D = 16, 4, 32
+    Ts = (128, 256) if quick else (128, 256, 512, 1024)
+    repeats = 3 if quick else 5
+    rows = []
+    rng = np.random.default_rng(0)
+    for T in Ts:
+        q, k, v, dout = (rng.standard_normal((B, H, T, D)).astype(np.float32) for _ in range(4))
+        impls = {}
+        for name, fwd, bwd in (("numpy", causal_attention_forward, causal_attention_backward),
+                               ("numba", attention_forward, attention_backward)):
+            impls[name] = (lambda f=fwd: f(q, k, v),
+                           lambda f=fwd, b=bwd: b(dout, f(q, k, v)[1]))
+        if torch is not None:
+            sdpa = torch.nn.functional.scaled_dot_product_attention
+            tq, tk, tv, tdo = (torch.from_numpy(a) for a in (q, k, v, dout))
+
+            def t_fwd():
+                with torch.no_grad():
+                    return sdpa(tq, tk, tv, is_causal=True)
+
+            def t_fwdbwd():
+                qq, kk, vv = (a.detach().requires_grad_() for a in (tq, tk, tv))
+                sdpa(qq, kk, vv, is_causal=True).backward(tdo)
+                return qq.grad, kk.grad, vv.grad
+
+            impls["torch sdpa"] = (t_fwd, t_fwdbwd)
+        base = "torch sdpa" if torch is not None else "numpy"
+        for which, section in ((0, "attention fwd"), (1, "attention fwd+bwd")):
+            times = {name: time_call(fns[which], repeats) for name, fns in impls.items()}
+            for name, fns in impls.items():
+                rows.append(_row(section, f"T={T}", name, times[name], ratio=times[name] / times[base],
+                                 vs=base, peak=peak_extra_mb(fns[which])))
+    return rows
+
+
+# ----------------------------------------------------------- integer matmul
+def bench_int_matmul(quick, torch):
+    from .kernels import int_matmul as K
+    from .kernels import int_matmul_ref as R
+
+    shapes = [("base c_attn", 2048, 128, 384), ("base mlp.c_proj", 2048, 512, 128),
+              ("gpt2 768x768", 512, 768, 768), ("gpt2 768x3072", 512, 768, 3072),
+              ("gpt2 decode 768x3072", 1, 768, 3072)]
+    if quick:
+        shapes = [shapes[0], shapes[3], shapes[4]]
+    repeats = 5 if quick else 20
+    rng = np.random.default_rng(0)
+    rows = []
+    for label, M, Kd, N in shapes:
+        x = rng.standard_normal((M, Kd)).astype(np.float32)
+        w = (rng.standard_normal((Kd, N)) / np.sqrt(Kd)).astype(np.float32)
+        a_q, a_s = R.quantize_per_row(x)
+        w_q, w_s = R.quantize_per_channel(w)
+        p4, s4 = R.quantize_int4_groupwise(w, 32)
+        impls = {
+            "numpy float32 @": lambda: x @ w,
+            "numba int8 x int8": lambda: K.int8_matmul(a_q, a_s, w_q, w_s),
+            "numba int8 weights": lambda: K.int8_weight_matmul(x, w_q, w_s),
+            "numba int4 weights": lambda: K.int4_weight_matmul(x, p4, s4, 32),
+        }
+        if torch is not None:
+            lin = torch.nn.Linear(Kd, N, bias=False)
+            with torch.no_grad():
+                lin.weight.copy_(torch.from_numpy(w.T.copy()))
+            qlin = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear},
+                                                          dtype=torch.qint8)
+            tx = torch.from_numpy(x)
+
+            def t_q(m=qlin, tx=tx):
+                with torch.no_grad():
+                    return m(tx)
+
+            impls["torch dynamic int8 Linear"] = t_q
+        times = {name: time_call(fn, repeats) for name, fn in impls.items()}
+        ops = 2.0 * M * Kd * N
+        for name in impls:
+            rows.append(_row("int matmul", f"{label} (M={M})", name, times[name], rate=ops / times[name] / 1e9,
+                             unit="GOPS", ratio=times["numpy float32 @"] / times[name], vs="speed-up over float32"))
+    return rows
+
+
+# ------------------------------------------------------------ training step
+def _torch_gpt(torch, cfg):
+    """The same GPT-2 architecture in PyTorch eager (for timing only)."""
+    nn, F = torch.nn, torch.nn.functional
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            C = cfg.n_embd
+            self.ln_1, self.ln_2 = nn.LayerNorm(C), nn.LayerNorm(C)
+            self.c_attn, self.attn_proj = nn.Linear(C, 3 * C), nn.Linear(C, C)
+            self.c_fc, self.mlp_proj = nn.Linear(C, 4 * C), nn.Linear(4 * C, C)
+
+        def forward(self, x):
+            B, T, C = x.shape
+            q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
+            q, k, v = (a.view(B, T, cfg.n_head, C // cfg.n_head).transpose(1, 2) for a in (q, k, v))
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
+            x = x + self.attn_proj(a)
+            return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
+
+    class GPT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+            self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+            self.h = nn.ModuleList(Block() for _ in range(cfg.n_layer))
+            self.ln_f = nn.LayerNorm(cfg.n_embd)
+
+        def forward(self, idx, targets):
+            x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+            for block in self.h:
+                x = block(x)
+            logits = self.ln_f(x) @ self.wte.weight.T  # tied head
+            return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+    return GPT()
+
+
+def bench_train_step(quick, torch):
+    from .config import preset
+    from .model import GPT
+    from .optim import AdamW, clip_grad_norm
+
+    cfg, tcfg = preset("base", 96)
+    B, T = tcfg.batch_size, cfg.block_size
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, cfg.vocab_size, (B, T))
+    y = rng.integers(0, cfg.vocab_size, (B, T))
+    repeats = 3 if quick else 10
+    steps = {}
+    for backend in ("numpy", "numba"):
+        model = GPT(cfg, seed=0, backend=backend)
+        model.training = True
+        opt = AdamW(model.params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+
+        def step(model=model, opt=opt):
+            model.forward(x, y)
+            grads = model.backward()
+            clip_grad_norm(grads, tcfg.grad_clip)
+            opt.step(grads, tcfg.lr)
+
+        steps[f"minigpt {backend}"] = step
+    if torch is not None:
+        tm = _torch_gpt(torch, cfg)
+        topt = torch.optim.AdamW(tm.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+
+        def t_step():
+            topt.zero_grad()
+            tm(tx, ty).backward()
+            torch.nn.utils.clip_grad_norm_(tm.parameters(), tcfg.grad_clip)
+            topt.step()
+
+        steps["torch eager"] = t_step
+    times = {name: time_call(fn, repeats) for name, fn in steps.items()}
+    base = "torch eager" if torch is not None else "minigpt numpy"
+    case = f"base: {cfg.n_layer}L {cfg.n_embd}w T={T} B={B}"
+    return [_row("train step", case, name, t, rate=B * T / t, unit="tok/s", ratio=times[base] / t,
+                 vs=f"speed vs {base}") for name, t in times.items()]
+
+
+# --------------------------------------------------------------- generation
+def bench_generation(quick, torch):
+    from .config import GPTConfig
+    from .kernels.qweights import quantize_weights, weight_bytes
+    from .model import GPT
+
+    cfg = GPTConfig(vocab_size=96, block_size=256, n_layer=12, n_head=12, n_embd=768)
+    n_new = 16 if quick else 64
+    model = GPT(cfg, seed=0)
+    models = {"float32": model, "int8 weights": quantize_weights(model, "int8"),
+              "int4 weights": quantize_weights(model, "int4")}
+    times = {name: time_call(lambda m=m: m.generate([0], n_new, temperature=0), 1 if quick else 3)
+             for name, m in models.items()}
+    case = f"gpt2-small shape (12L 768w, vocab 96), batch 1, {n_new} tokens"
+    return [_row("generate", case, f"{name} ({weight_bytes(m.params) / 2**20:.0f} MB)", times[name],
+                 rate=n_new / times[name], unit="tok/s", ratio=times["float32"] / times[name],
+                 vs="speed vs float32") for name, m in models.items()]
+
+
+# ------------------------------------------------------------------ driver
+def run_bench(quick=False, sections=("attention", "int_matmul", "train", "generate"), log=sys.stderr):
+    import numba
+
+    torch = _torch()
+    threads = numba.get_num_threads()
+    if torch is not None:
+        torch.set_num_threads(threads)
+    info = {"threads": threads, "cpus": os.cpu_count(), "numpy": np.__version__, "numba": numba.__version__,
+            "torch": None if torch is None else torch.__version__, "quick": quick}
+    funcs = {"attention": bench_attention, "int_matmul": bench_int_matmul, "train": bench_train_step,
+             "generate": bench_generation}
+    rows = []
+    for name in sections:
+        t0 = time.perf_counter()
+        rows += funcs[name](quick, torch)
+        if log is not None:
+            print(f"bench: {name} done in {time.perf_counter() - t0:.1f} s", file=log)
+    return info, rows
+
+
+def format_table(info, rows):
+    head = (f"minigpt bench: {info['threads']} threads (numba{', torch' if info['torch'] else ''}) on "
+            f"{info['cpus']} CPUs; numpy {info['numpy']}, numba {info['numba']}, "
+            f"torch {info['torch'] or 'not installed'}; median of repeats, warm-up excluded")
+    lines = [head, ""]
+    fmt = "{:<18} {:<44} {:<26} {:>10} {:>16} {:>7} {:<24} {:>8}"
+    lines.append(fmt.format("section", "case", "impl", "ms", "rate", "ratio", "(ratio means)", "peak MB"))
+    lines.append("-" * 160)
+    for r in rows:
+        rate = f"{r['rate']:,.1f} {r['unit']}" if r["rate"] is not None else ""
+        ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else ""
+        if r["section"].startswith("attention"):
+            ratio = f"{r['ratio']:.2f}"  # time relative to the baseline: lower is better
+        peak = f"{r['peak_mb']:.0f}" if r["peak_mb"] is not None else "-"
+        vs = f"time / {r['vs']}" if r["section"].startswith("attention") else r["vs"]
+        lines.append(fmt.format(r["section"], r["case"], r["impl"], f"{r['ms']:.2f}", rate, ratio, vs, peak))
+    return "\n".join(lines)
+
+
+def cmd_bench(args):
+    info, rows = run_bench(quick=args.quick)
+    print(format_table(info, rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"info": info, "rows": rows}, f, indent=1)
+    return 0
+
+
+def register(sub):
+    """Add the ``bench`` subcommand to the CLI's subparsers."""
+    p = sub.add_parser("bench", help="time the kernels against NumPy (and PyTorch if installed)",
+                       description="Attention, integer matmul, a training step and generation, each "
+                                   "implementation timed side by side in one run; prints one table.")
+    p.add_argument("--quick", action="store_true", help="fewer sizes and repeats (under a minute)")
+    p.add_argument("--json", metavar="FILE", help="also write the numbers to FILE as JSON")
+    p.set_defaults(func=cmd_bench)
