@@ -134,27 +134,29 @@ for i, d in enumerate(d_ks):
     print(f"{d:5d} | {u[0]:6.3f} {u[1]:8.3f} {u[2]:6.3f}            | {s[0]:6.3f} {s[1]:8.3f} {s[2]:6.3f}")
 max_p_unscaled_512 = float(sat["unscaled"][-1, 0])
 max_p_scaled_spread = float(np.ptp(sat["scaled"][:, 0][2:]))  # d_k >= 4: flat
+entropy_unscaled_512, entropy_scaled_min = float(sat["unscaled"][-1, 1]), float(sat["scaled"][:, 1].min())
 # unscaled: near one-hot at d_k = 512; scaled: the same picture at every d_k
 assert max_p_unscaled_512 > 0.8 and max_p_scaled_spread < 0.1
+assert entropy_unscaled_512 < 1.0 < 2.5 < entropy_scaled_min
 
 # %%
-fig, ax = plt.subplots(1, 3, figsize=(12, 3.4))
+fig, axes = plt.subplots(2, 2, figsize=(10, 6.6))
+ax = axes.ravel()
 ax[0].loglog(d_ks, unscaled_var, "o-", label=r"$q\cdot k$")
 ax[0].loglog(d_ks, scaled_var, "s-", label=r"$q\cdot k/\sqrt{d_k}$")
 ax[0].loglog(d_ks, d_ks, "k:", lw=1, label=r"$d_k$ (theory)")
-ax[0].set(xlabel=r"head size $d_k$", ylabel="variance of the score",
-          title="Score variance (random unit-variance q, k)")
-ax[0].legend(fontsize=8)
+ax[0].set(ylabel="variance of the score", title="Score variance (random unit-variance q, k)")
 for key, style in (("unscaled", "o-"), ("scaled", "s-")):
     label = r"$q\cdot k$" if key == "unscaled" else r"$q\cdot k/\sqrt{d_k}$"
-    ax[1].semilogx(d_ks, sat[key][:, 0], style, label=label)
-    ax[2].semilogx(d_ks, sat[key][:, 2], style, label=label)
+    for a, col in ((ax[1], 0), (ax[2], 1), (ax[3], 2)):
+        a.semilogx(d_ks, sat[key][:, col], style, label=label)
 ax[1].axhline(1 / T_keys, color="k", ls=":", lw=1, label="uniform (1/32)")
-ax[1].set(xlabel=r"head size $d_k$", ylabel="largest softmax weight",
-          title=f"Saturation ({T_keys} keys)", ylim=(0, 1.02))
-ax[2].set(xlabel=r"head size $d_k$", ylabel=r"$\|\partial p/\partial s\|_F$",
-          title="Softmax Jacobian: gradient signal")
-for a in ax[1:]:
+ax[1].set(ylabel="largest softmax weight", title=f"Saturation: the top weight ({T_keys} keys)", ylim=(0, 1.02))
+ax[2].axhline(math.log(T_keys), color="k", ls=":", lw=1, label="uniform (log 32)")
+ax[2].set(ylabel="entropy of the weights (nats)", title="Saturation: entropy", ylim=(0, 3.6))
+ax[3].set(ylabel=r"$\|\partial p/\partial s\|_F$", title="Softmax Jacobian: the gradient signal")
+for a in ax:
+    a.set_xlabel(r"head size $d_k$")
     a.legend(fontsize=8)
 fig.tight_layout()
 save_figure(fig, "01_attention")

@@ -30,6 +30,7 @@ def test_chapter_01_attention(tmp_path, tmp_path_factory, monkeypatch, capsys):
     np.testing.assert_allclose(g["unscaled_var"], np.array(g["d_ks"]) * g["scaled_var"], rtol=1e-9)
     # saturation without scaling, none with it
     assert g["max_p_unscaled_512"] > 0.8 and g["max_p_scaled_spread"] < 0.1
+    assert g["entropy_unscaled_512"] < 1.0 < 2.5 < g["entropy_scaled_min"] <= np.log(32)
 
     # the causal mask: editing a later token changes no earlier output
     assert g["causal_core_change"] == 0.0 and g["last_row_change"] > 0
