@@ -18,7 +18,6 @@
 #    contributes to the loss.
 
 # %%
-import math
 
 import matplotlib
 
@@ -26,7 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from minigpt.config import GPTConfig, PRESETS
+from minigpt.config import GPTConfig
 from minigpt.layers import (
     causal_attention_forward,
     layernorm_forward,
