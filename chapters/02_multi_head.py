@@ -18,7 +18,6 @@
 #    contributes to the loss.
 
 # %%
-
 import matplotlib
 
 matplotlib.use("Agg")
