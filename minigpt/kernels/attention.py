@@ -43,6 +43,7 @@ from numba import njit, prange
 from .fastexp import fexp
 
 BLOCK = 256  # keys per online-softmax step; any value is correct, 256 floats sit in L1
+ROWS = 4  # query rows handled together (the loops spell out 4)
 
 # Reassociation lets LLVM vectorise the reductions; no 'nnan'/'ninf' because
 # the code must stay correct for every finite input.
@@ -54,52 +55,85 @@ def _forward_kernel(q, k, v, scale, out, lse):
     B, H, T_q, D = q.shape
     T_k = k.shape[2]
     offset = T_k - T_q
+    zero = scale - scale  # 0 in the input's dtype
     for task in prange(B * H):
         b, h = task // H, task % H
         kT = np.ascontiguousarray(k[b, h].T)  # (D, T_k)
         vT = np.ascontiguousarray(v[b, h].T)  # (D, T_k)
-        s = np.empty(BLOCK, dtype=q.dtype)  # scores, then exp(s - m), of one key block
-        acc = np.empty(D, dtype=q.dtype)  # running sum of exp(s - m) v
-        for i in range(T_q):
-            n_visible = i + offset + 1
-            m = scale  # overwritten by the first block's max; this only fixes the dtype
-            l = scale - scale
-            acc[:] = 0.0
-            for j0 in range(0, n_visible, BLOCK):
-                nb = min(BLOCK, n_visible - j0)
-                sb = s[:nb]
-                # Inner loops index 0-based slices: an index like j0 + j made numba
-                # emit a negative-index check per element and blocked vectorisation (5x slower).
-                sb[:] = 0.0
+        s = np.empty((ROWS, BLOCK), dtype=q.dtype)  # scores, then exp(s - m), of one key block
+        acc = np.empty((ROWS, D), dtype=q.dtype)  # running sums of exp(s - m) v
+        qs = np.empty((ROWS, D), dtype=q.dtype)  # the rows' q * scale
+        m = np.empty(ROWS, dtype=q.dtype)  # running max of each row's scores
+        l = np.empty(ROWS, dtype=q.dtype)  # running sum of exp(s - m)
+        n_vis = np.empty(ROWS, dtype=np.int64)
+        # ROWS query rows at a time share every k and v element loaded.
+        # Rows past T_q get no keys (n_vis = 0) and are not written.
+        for i0 in range(0, T_q, ROWS):
+            for r in range(ROWS):
+                i = min(i0 + r, T_q - 1)
+                n_vis[r] = i + offset + 1 if i0 + r < T_q else 0
                 for d in range(D):
-                    qd = q[b, h, i, d] * scale
+                    qs[r, d] = q[b, h, i, d] * scale
+            n = n_vis.max()
+            acc[:] = 0.0
+            l[:] = 0.0
+            for j0 in range(0, n, BLOCK):
+                nb = min(BLOCK, n - j0)
+                s[:, :nb] = 0.0
+                for d in range(D):
+                    q0, q1, q2, q3 = qs[0, d], qs[1, d], qs[2, d], qs[3, d]
+                    # 0-based view: an index like j0 + j made numba emit a
+                    # negative-index check per element and blocked SIMD (5x slower)
                     krow = kT[d, j0:j0 + nb]
                     for j in range(nb):
-                        sb[j] += qd * krow[j]  # (nb,) scores q_i . k_j * scale
-                block_max = sb[0]
-                for j in range(1, nb):
-                    block_max = max(block_max, sb[j])
-                if j0 == 0:
-                    m = block_max
-                elif block_max > m:
-                    alpha = fexp(m - block_max)  # rescale the old sums to the new max
-                    l *= alpha
-                    for d in range(D):
-                        acc[d] *= alpha
-                    m = block_max
-                for j in range(nb):
-                    sb[j] = fexp(sb[j] - m)
-                    l += sb[j]
+                        kj = krow[j]
+                        s[0, j] += q0 * kj  # scores q_i . k_j * scale
+                        s[1, j] += q1 * kj
+                        s[2, j] += q2 * kj
+                        s[3, j] += q3 * kj
+                for r in range(ROWS):
+                    nr = min(max(n_vis[r] - j0, 0), nb)  # keys of this block row r may see
+                    if nr == 0:
+                        s[r, :nb] = 0.0
+                        continue
+                    block_max = s[r, 0]
+                    for j in range(1, nr):
+                        block_max = max(block_max, s[r, j])
+                    if j0 == 0:
+                        m[r] = block_max
+                    elif block_max > m[r]:
+                        alpha = fexp(m[r] - block_max)  # rescale the old sums to the new max
+                        l[r] *= alpha
+                        for d in range(D):
+                            acc[r, d] *= alpha
+                        m[r] = block_max
+                    mr = m[r]
+                    lr = zero
+                    for j in range(nr):
+                        e = fexp(s[r, j] - mr)
+                        s[r, j] = e
+                        lr += e
+                    l[r] += lr
+                    for j in range(nr, nb):
+                        s[r, j] = 0.0  # masked: j > i + offset
                 for d in range(D):
                     vrow = vT[d, j0:j0 + nb]
-                    a = acc[d]
+                    a0, a1, a2, a3 = zero, zero, zero, zero
                     for j in range(nb):
-                        a += sb[j] * vrow[j]
-                    acc[d] = a
-            inv = 1.0 / l
-            for d in range(D):
-                out[b, h, i, d] = acc[d] * inv
-            lse[b, h, i] = m + math.log(l)
+                        vj = vrow[j]
+                        a0 += s[0, j] * vj
+                        a1 += s[1, j] * vj
+                        a2 += s[2, j] * vj
+                        a3 += s[3, j] * vj
+                    acc[0, d] += a0
+                    acc[1, d] += a1
+                    acc[2, d] += a2
+                    acc[3, d] += a3
+            for r in range(min(ROWS, T_q - i0)):
+                inv = 1.0 / l[r]
+                for d in range(D):
+                    out[b, h, i0 + r, d] = acc[r, d] * inv
+                lse[b, h, i0 + r] = m[r] + math.log(l[r])
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -107,43 +141,74 @@ def _backward_kernel(q, k, v, out, lse, dout, scale, dq, dk, dv):
     B, H, T_q, D = q.shape
     T_k = k.shape[2]
     offset = T_k - T_q
+    zero = scale - scale  # 0 in the input's dtype
     for task in prange(B * H):
         b, h = task // H, task % H
         kT = np.ascontiguousarray(k[b, h].T)  # (D, T_k)
         vT = np.ascontiguousarray(v[b, h].T)  # (D, T_k)
         dkT = np.zeros((D, T_k), dtype=q.dtype)  # accumulated over query rows
         dvT = np.zeros((D, T_k), dtype=q.dtype)
-        p = np.empty(T_k, dtype=q.dtype)  # one row of P, recomputed
-        ds = np.empty(T_k, dtype=q.dtype)  # one row of dS (times scale)
-        for i in range(T_q):
-            n = i + offset + 1
-            delta = q.dtype.type(0.0)  # dout_i . out_i = sum_j P_ij dP_ij
+        p = np.empty((ROWS, T_k), dtype=q.dtype)  # ROWS rows of P, recomputed
+        ds = np.empty((ROWS, T_k), dtype=q.dtype)  # the same rows of dS (times scale)
+        qs = np.empty((ROWS, D), dtype=q.dtype)  # those rows of q * scale, of q, of dout
+        qr = np.empty((ROWS, D), dtype=q.dtype)
+        g = np.empty((ROWS, D), dtype=q.dtype)
+        n_vis = np.empty(ROWS, dtype=np.int64)
+        delta = np.empty(ROWS, dtype=q.dtype)
+        # ROWS query rows at a time: every k, v, dk, dv element loaded is used
+        # ROWS times. Rows past T_q are computed with P = 0 and not written.
+        for i0 in range(0, T_q, ROWS):
+            for r in range(ROWS):
+                i = min(i0 + r, T_q - 1)
+                n_vis[r] = i + offset + 1 if i0 + r < T_q else 0
+                delta[r] = zero  # dout_i . out_i = sum_j P_ij dP_ij
+                for d in range(D):
+                    qs[r, d] = q[b, h, i, d] * scale
+                    qr[r, d] = q[b, h, i, d]
+                    g[r, d] = dout[b, h, i, d]
+                    delta[r] += dout[b, h, i, d] * out[b, h, i, d]
+            n = n_vis.max()
+            p[:, :n] = 0.0
+            ds[:, :n] = 0.0
             for d in range(D):
-                delta += dout[b, h, i, d] * out[b, h, i, d]
-            # P_ij = exp(q_i . k_j * scale - L_i)     (forward: S, then softmax)
-            p[:n] = 0.0
-            ds[:n] = 0.0
+                q0, q1, q2, q3 = qs[0, d], qs[1, d], qs[2, d], qs[3, d]
+                g0, g1, g2, g3 = g[0, d], g[1, d], g[2, d], g[3, d]
+                for j in range(n):
+                    kj = kT[d, j]
+                    vj = vT[d, j]
+                    p[0, j] += q0 * kj  # S_ij = q_i . k_j * scale     (forward: S = Q K^T)
+                    p[1, j] += q1 * kj
+                    p[2, j] += q2 * kj
+                    p[3, j] += q3 * kj
+                    ds[0, j] += g0 * vj  # dP_ij = dout_i . v_j        (from out = P V)
+                    ds[1, j] += g1 * vj
+                    ds[2, j] += g2 * vj
+                    ds[3, j] += g3 * vj
+            for r in range(ROWS):
+                L = lse[b, h, min(i0 + r, T_q - 1)]
+                for j in range(n_vis[r]):
+                    p[r, j] = fexp(p[r, j] - L)  # P_ij = exp(S_ij - L_i)   (the forward's softmax)
+                    ds[r, j] = p[r, j] * (ds[r, j] - delta[r]) * scale  # dS, S's scale folded in
+                for j in range(n_vis[r], n):
+                    p[r, j] = 0.0  # masked (j > i + offset) or a padding row
+                    ds[r, j] = 0.0
             for d in range(D):
-                qd = q[b, h, i, d] * scale
-                g = dout[b, h, i, d]
+                # dQ_i = sum_j dS_ij k_j * scale                 (from S = Q K^T * scale)
+                a0, a1, a2, a3 = zero, zero, zero, zero
+                q0, q1, q2, q3 = qr[0, d], qr[1, d], qr[2, d], qr[3, d]
+                g0, g1, g2, g3 = g[0, d], g[1, d], g[2, d], g[3, d]
                 for j in range(n):
-                    p[j] += qd * kT[d, j]
-                    ds[j] += g * vT[d, j]  # dP_ij = dout_i . v_j   (from out = P V)
-            L = lse[b, h, i]
-            for j in range(n):
-                p[j] = fexp(p[j] - L)
-                ds[j] = p[j] * (ds[j] - delta) * scale  # dS, with S's scale folded in
-            for d in range(D):
-                # dQ_i = sum_j dS_ij k_j * scale            (from S = Q K^T * scale)
-                acc = q.dtype.type(0.0)
-                for j in range(n):
-                    acc += ds[j] * kT[d, j]
-                dq[b, h, i, d] = acc
-                qd = q[b, h, i, d]
-                g = dout[b, h, i, d]
-                for j in range(n):
-                    dkT[d, j] += ds[j] * qd  # dK_j += dS_ij q_i * scale
-                    dvT[d, j] += p[j] * g  # dV_j += P_ij dout_i   (from out = P V)
+                    kj = kT[d, j]
+                    a0 += ds[0, j] * kj
+                    a1 += ds[1, j] * kj
+                    a2 += ds[2, j] * kj
+                    a3 += ds[3, j] * kj
+                    # dK_j += sum_i dS_ij q_i * scale;  dV_j += sum_i P_ij dout_i   (from out = P V)
+                    dkT[d, j] += ds[0, j] * q0 + ds[1, j] * q1 + ds[2, j] * q2 + ds[3, j] * q3
+                    dvT[d, j] += p[0, j] * g0 + p[1, j] * g1 + p[2, j] * g2 + p[3, j] * g3
+                acc = (a0, a1, a2, a3)
+                for r in range(min(ROWS, T_q - i0)):
+                    dq[b, h, i0 + r, d] = acc[r]
         dk[b, h] = dkT.T
         dv[b, h] = dvT.T
 
