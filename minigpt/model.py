@@ -25,8 +25,6 @@ from .layers import (
     dropout_forward,
     embedding_backward,
     embedding_forward,
-    layernorm_backward,
-    layernorm_forward,
     linear_backward,
     linear_forward,
     lm_head_backward,
@@ -136,6 +134,7 @@ class GPT:
         train = self.training and kv_cache is None
         p_drop = cfg.dropout
         ops = get_ops(self.backend)  # kernels for this backend; backward uses the same ones
+        layernorm_forward, gelu_forward = ops["layernorm"][0], ops["gelu"][0]
         caches = {}
 
         x, caches["emb"] = embedding_forward(idx, P["wte.weight"], P["wpe.weight"], offset)
@@ -157,7 +156,7 @@ class GPT:
             # MLP branch
             m, caches[h + "ln_2"] = layernorm_forward(x, P[h + "ln_2.weight"], P[h + "ln_2.bias"])
             m, caches[h + "c_fc"] = linear_forward(m, P[h + "mlp.c_fc.weight"], P[h + "mlp.c_fc.bias"])  # (B, T, 4C)
-            m, caches[h + "gelu"] = ops["gelu"][0](m)
+            m, caches[h + "gelu"] = gelu_forward(m)
             m, caches[h + "mlp.c_proj"] = linear_forward(m, P[h + "mlp.c_proj.weight"], P[h + "mlp.c_proj.bias"])  # (B, T, C)
             m, caches[h + "mlp_drop"] = dropout_forward(m, p_drop, self.rng, train)
             x = x + m  # (B, T, C) residual
@@ -178,6 +177,7 @@ class GPT:
         if self._caches is None:
             raise RuntimeError("backward() needs a forward(idx, targets) first")
         c, cfg = self._caches, self.config
+        layernorm_backward, gelu_backward = self._ops["layernorm"][1], self._ops["gelu"][1]
         g = {}
         dlogits = cross_entropy_backward(1.0, c["loss"])  # (B, T, V)
         dx, g["wte.weight"] = lm_head_backward(dlogits, c["lm_head"])
@@ -187,7 +187,7 @@ class GPT:
             # x = x + m: the residual passes dx through and also feeds the MLP branch
             dm = dropout_backward(dx, c[h + "mlp_drop"])
             dm, g[h + "mlp.c_proj.weight"], g[h + "mlp.c_proj.bias"] = linear_backward(dm, c[h + "mlp.c_proj"])
-            dm = self._ops["gelu"][1](dm, c[h + "gelu"])
+            dm = gelu_backward(dm, c[h + "gelu"])
             dm, g[h + "mlp.c_fc.weight"], g[h + "mlp.c_fc.bias"] = linear_backward(dm, c[h + "c_fc"])
             dm, g[h + "ln_2.weight"], g[h + "ln_2.bias"] = layernorm_backward(dm, c[h + "ln_2"])
             dx = dx + dm

@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 
 from minigpt.gradcheck import check_op
+from minigpt.kernels import layernorm as kln
 from minigpt.kernels.gelu import gelu_backward, gelu_forward
+from minigpt.layers import layernorm as ref_ln
 from minigpt.layers.backends import get_ops
 from minigpt.layers.gelu import gelu_backward as ref_backward
 from minigpt.layers.gelu import gelu_forward as ref_forward
@@ -47,3 +49,49 @@ def test_gelu_backward_against_finite_differences():
 def test_backend_op_tables():
     assert get_ops("numba")["gelu"] == (gelu_forward, gelu_backward)
     assert get_ops("numpy")["gelu"] == (ref_forward, ref_backward)
+    assert get_ops("numba")["layernorm"] == (kln.layernorm_forward, kln.layernorm_backward)
+    assert get_ops("numpy")["layernorm"] == (ref_ln.layernorm_forward, ref_ln.layernorm_backward)
+
+
+# LayerNorm: one sum order against another over C (forward) and over all
+# rows (dgamma, dbeta: up to 2 * 17 * 33 terms here), relative to the sums' size
+LN_TOL = {np.float32: 2e-5, np.float64: 1e-13}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 1, 3), (2, 17, 33), (40, 8)])
+def test_layernorm_matches_reference(shape, dtype):
+    rng = np.random.default_rng(5)
+    C = shape[-1]
+    x = (3 * rng.standard_normal(shape) + 2).astype(dtype)
+    gamma, beta = (rng.standard_normal(C).astype(dtype) for _ in range(2))
+    dout = rng.standard_normal(shape).astype(dtype)
+    out, cache = kln.layernorm_forward(x, gamma, beta)
+    ref, ref_cache = ref_ln.layernorm_forward(x, gamma, beta)
+    assert out.dtype == dtype and out.shape == shape
+    np.testing.assert_allclose(out, ref, rtol=LN_TOL[dtype], atol=LN_TOL[dtype] * 10)
+    got = kln.layernorm_backward(dout, cache)
+    want = ref_ln.layernorm_backward(dout, ref_cache)
+    for name, g, w in zip(("dx", "dgamma", "dbeta"), got, want):
+        assert g.dtype == dtype and g.shape == w.shape, name
+        np.testing.assert_allclose(g, w, rtol=LN_TOL[dtype], atol=LN_TOL[dtype] * np.sqrt(x.size), err_msg=name)
+    # the caches are interchangeable: the reference backward accepts the kernel's cache
+    np.testing.assert_allclose(ref_ln.layernorm_backward(dout, cache)[0], want[0], rtol=LN_TOL[dtype],
+                               atol=LN_TOL[dtype] * 10)
+
+
+def test_layernorm_constant_rows_and_zero_gradient():
+    # a constant row has var = 0: xhat = 0, out = beta, nothing divides by zero
+    x = np.full((3, 6), 7.0)
+    gamma, beta = np.arange(6.0), np.ones(6)
+    out, cache = kln.layernorm_forward(x, gamma, beta)
+    np.testing.assert_allclose(out, np.ones((3, 6)))
+    dx, dg, db = kln.layernorm_backward(np.zeros((3, 6)), cache)
+    assert not (dx.any() or dg.any() or db.any())
+
+
+def test_layernorm_backward_against_finite_differences():
+    rng = np.random.default_rng(6)
+    inputs = [rng.standard_normal((2, 3, 5)), rng.standard_normal(5), rng.standard_normal(5)]
+    errors = check_op(kln.layernorm_forward, kln.layernorm_backward, inputs)
+    assert max(errors) < 1e-8, errors

@@ -20,5 +20,6 @@ ATTENTION_BACKENDS["numba"] = (attention_forward, attention_backward)
 
 from ..layers.backends import OP_OVERRIDES  # noqa: E402
 from .gelu import gelu_backward, gelu_forward  # noqa: E402
+from .layernorm import layernorm_backward, layernorm_forward  # noqa: E402
 
-OP_OVERRIDES["numba"] = {"gelu": (gelu_forward, gelu_backward)}
+OP_OVERRIDES["numba"] = {"gelu": (gelu_forward, gelu_backward), "layernorm": (layernorm_forward, layernorm_backward)}

@@ -9,8 +9,9 @@ which backend names exist.
 """
 from .attention import get_attention_backend
 from .gelu import gelu_backward, gelu_forward
+from .layernorm import layernorm_backward, layernorm_forward
 
-REFERENCE_OPS = {"gelu": (gelu_forward, gelu_backward)}
+REFERENCE_OPS = {"gelu": (gelu_forward, gelu_backward), "layernorm": (layernorm_forward, layernorm_backward)}
 
 OP_OVERRIDES: dict[str, dict] = {}  # backend -> {op name: (forward, backward)}
 
