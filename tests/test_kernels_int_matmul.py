@@ -4,6 +4,7 @@ import pytest
 
 from minigpt.kernels import int_matmul as K
 from minigpt.kernels import int_matmul_ref as R
+from minigpt.kernels.vnni import HAS_VNNI
 
 # (M, K, N): one row, one column, N not a multiple of the 4-channel tiles,
 # M not a multiple of the 4-row int4 blocks, N beyond one 256-column tile.
@@ -14,12 +15,21 @@ SHAPES = [(1, 1, 1), (3, 5, 7), (1, 64, 6), (5, 32, 300), (17, 96, 12)]
 FTOL = {np.float32: 1e-5, np.float64: 1e-13}
 
 
+@pytest.fixture(params=["vnni", "portable"])
+def int8_path(request, monkeypatch):
+    """Run an int8 x int8 test through the VNNI kernel (where the CPU has it) and the portable one."""
+    if request.param == "vnni" and not HAS_VNNI:
+        pytest.skip("this CPU has no AVX-512 VNNI")
+    monkeypatch.setattr(K, "USE_VNNI", request.param == "vnni")
+    return request.param
+
+
 def _int8(rng, shape):
     return rng.integers(-128, 128, shape).astype(np.int8)
 
 
-@pytest.mark.parametrize("shape", SHAPES)
-def test_int8_int32_is_exact(shape):
+@pytest.mark.parametrize("shape", SHAPES + [(3, 64, 8), (2, 200, 9)])  # K = one VNNI step, and 3 + a tail
+def test_int8_int32_is_exact(shape, int8_path):
     M, Kd, N = shape
     rng = np.random.default_rng(0)
     a, w = _int8(rng, (M, Kd)), _int8(rng, (N, Kd))
@@ -27,7 +37,7 @@ def test_int8_int32_is_exact(shape):
 
 
 @pytest.mark.parametrize("value_a, value_w", [(-128, -128), (127, -128), (127, 127), (0, -128)])
-def test_int8_extremes(value_a, value_w):
+def test_int8_extremes(value_a, value_w, int8_path):
     # the largest products: K * 128 * 128 must not wrap in the int32 accumulator
     Kd = 1000
     a = np.full((2, Kd), value_a, dtype=np.int8)
@@ -39,7 +49,7 @@ def test_int8_extremes(value_a, value_w):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_int8_rescaled_matches_reference(shape, dtype):
+def test_int8_rescaled_matches_reference(shape, dtype, int8_path):
     M, Kd, N = shape
     rng = np.random.default_rng(1)
     x = rng.standard_normal((M, Kd)).astype(dtype)
@@ -95,7 +105,7 @@ def test_int4_extremes_and_zero_inputs():
     assert zero.shape == (3, 2) and not zero.any()
 
 
-def test_all_zero_inputs():
+def test_all_zero_inputs(int8_path):
     x = np.zeros((3, 16), dtype=np.float32)
     a_q, a_s = R.quantize_per_row(x)
     assert not a_q.any() and np.all(a_s == 1.0)  # no division by zero

@@ -1,0 +1,72 @@
+"""The AVX-512 VNNI int8 dot product, for CPUs that have it.
+
+LLVM's vectoriser turns an int8 dot product written in numba into
+sign-extend + vpmaddwd (32 multiply-adds per instruction), which is still
+slower than float32 BLAS. VNNI's vpdpbusd does 64 multiply-adds of
+unsigned x signed bytes into 16 int32 sums in one instruction, but LLVM
+does not find it from plain code, so this module emits it directly: an
+intrinsic that runs the whole k loop for one activation row against four
+weight rows, 64 bytes per step, and returns the four int32 sums.
+
+vpdpbusd wants the first operand unsigned. With a_u = a + 128 (in 0..255;
+for int8 that is a XOR 0x80 on the bits):
+    sum_k a[k] w[k] = sum_k a_u[k] w[k] - 128 sum_k w[k]
+so the caller subtracts 128 * (row sum of w). Products of a u8 and an s8
+fit in int16 pairs without saturation (vpdpbusd sums four of them into
+int32 directly), so the result is exact.
+
+Only used when llvmlite reports the host has 'avx512vnni' (see HAS_VNNI);
+the kernel that calls the intrinsic is compiled on first use only, so other
+CPUs never see the instruction.
+"""
+import llvmlite.binding as llvm
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+HAS_VNNI = bool(llvm.get_host_cpu_features().get("avx512vnni", False))
+STEP = 64  # bytes per vpdpbusd
+
+
+@intrinsic
+def dot4_u8s8(typingctx, a, w, j, k_end):
+    """(a_u[:k_end] . w[j + r, :k_end]) for r = 0..3 as four int32; k_end a multiple of 64.
+
+    a: 1-D uint8 C-contiguous array; w: 2-D int8 C-contiguous (N, K) array.
+    """
+    sig = types.UniTuple(types.int32, 4)(a, w, j, k_end)
+
+    def codegen(context, builder, signature, args):
+        a_arr = context.make_array(signature.args[0])(context, builder, args[0])
+        w_arr = context.make_array(signature.args[1])(context, builder, args[1])
+        j_val = context.cast(builder, args[2], signature.args[2], types.intp)
+        k_val = context.cast(builder, args[3], signature.args[3], types.intp)
+        i8p = ir.IntType(8).as_pointer()
+        v16 = ir.VectorType(ir.IntType(32), 16)
+        intp = context.get_value_type(types.intp)
+        row_stride = builder.extract_value(w_arr.strides, 0)  # bytes per weight row
+        a_ptr = builder.bitcast(a_arr.data, i8p)
+        w_base = builder.bitcast(w_arr.data, i8p)
+        rows = [builder.gep(w_base, [builder.mul(builder.add(j_val, ir.Constant(intp, r)), row_stride)])
+                for r in range(4)]
+        dpbusd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v16, v16, v16]),
+                                                "llvm.x86.avx512.vpdpbusd.512")
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(v16, None)) for _ in range(4)]
+
+        def load64(ptr, offset):
+            p = builder.bitcast(builder.gep(ptr, [offset]), v16.as_pointer())
+            return builder.load(p, align=1)
+
+        with cgutils.for_range_slice(builder, ir.Constant(intp, 0), k_val, ir.Constant(intp, STEP),
+                                     intp=intp) as (k, _):
+            av = load64(a_ptr, k)
+            for acc, row in zip(accs, rows):
+                builder.store(builder.call(dpbusd, [builder.load(acc), av, load64(row, k)]), acc)
+
+        reduce_add = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), [v16]),
+                                                    "llvm.vector.reduce.add.v16i32")
+        sums = [builder.call(reduce_add, [builder.load(acc)]) for acc in accs]
+        return context.make_tuple(builder, signature.return_type, sums)
+
+    return sig, codegen
