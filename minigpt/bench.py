@@ -4,7 +4,7 @@ when it is installed, PyTorch, in one run and one table.
 Every row is the median of several timed repeats after one untimed warm-up
 (which also pays any numba compilation). Threads: numba and torch are given
 the same count (NUMBA_NUM_THREADS, default all cores); NumPy's BLAS uses its
-own default. Peak memory is the rise of the process's resident-set
+own default (OPENBLAS_NUM_THREADS); OpenMP waits passively (see run_bench). Peak memory is the rise of the process's resident-set
 high-water mark during one call (Linux /proc; '-' elsewhere).
 
 Sections (shapes from the issue that asked for this benchmark):
@@ -54,6 +54,22 @@ def _status_kb(field):
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise KeyError(field)
+
+
+def _fix_mmap_threshold():
+    """Make glibc serve every allocation above 256 KB from a fresh mmap.
+
+    By default glibc raises its mmap threshold after big frees, and later
+    big arrays then reuse heap pages already counted in RSS, hiding them
+    from peak_extra_mb. Setting the threshold explicitly turns that off.
+    """
+    try:
+        import ctypes
+
+        M_MMAP_THRESHOLD = -3
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 256 * 1024)
+    except (OSError, AttributeError):
+        pass
 
 
 def peak_extra_mb(fn):
@@ -271,7 +287,15 @@ def bench_generation(quick, torch):
 def run_bench(quick=False, sections=("attention", "int_matmul", "train", "generate"), log=sys.stderr):
     import numba
 
+    from . import kernels  # noqa: F401  (sets OMP_WAIT_POLICY=PASSIVE before torch's OpenMP starts)
+
+    # Three thread pools share the cores here: numba's and torch's OpenMP
+    # and NumPy's BLAS. OpenMP workers that spin after their loop keep the
+    # cores from the others (measured: a float32 matvec took 8 ms instead of
+    # 0.06 ms after a torch call), so every pool waits passively; that costs
+    # each library a little wake-up latency and keeps the comparison fair.
     torch = _torch()
+    _fix_mmap_threshold()
     threads = numba.get_num_threads()
     if torch is not None:
         torch.set_num_threads(threads)

@@ -32,7 +32,10 @@ from . import vnni
 # Float loops: let LLVM reorder the sums so the k loop vectorises.
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 USE_VNNI = vnni.HAS_VNNI  # the tests switch it off to check the portable kernel too
-ROWS, TILE = 4, 256  # int4 task: rows of x sharing each unpacked weight, output columns
+ROWS = 4  # int4 task: rows of x sharing each unpacked weight
+# ... times this many output columns: wide tiles for batches, narrow ones for a
+# decoding row so that a 768-column layer still makes a dozen tasks for the threads
+TILE_BATCH, TILE_ROW = 256, 64
 
 
 @njit(cache=True, inline="always")
@@ -145,10 +148,10 @@ def _int8_weight_kernel(x, w, w_scale, zero, out):
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _int4_weight_kernel(x, packed, scales, group, zero, out):
+def _int4_weight_kernel(x, packed, scales, group, zero, out, tile):
     """out[m, n] = sum_g scales[g, n] * sum_{k in group g} x[m, k] q[k, n], q unpacked on the fly.
 
-    One task = ROWS rows of x times TILE output columns. Per byte row of the
+    One task = ROWS rows of x times `tile` output columns. Per byte row of the
     group, both nibbles are unpacked once into float buffers (lo, hi) and
     used by all ROWS rows; the per-group sums (part) get their scale when
     the group ends. Every inner loop runs along n, 0-based and contiguous.
@@ -157,12 +160,12 @@ def _int4_weight_kernel(x, packed, scales, group, zero, out):
     N = packed.shape[1]
     half = group // 2
     n_row_blocks = (M + ROWS - 1) // ROWS
-    n_col_tiles = (N + TILE - 1) // TILE
+    n_col_tiles = (N + tile - 1) // tile
     for task in prange(n_row_blocks * n_col_tiles):
         i0 = (task // n_col_tiles) * ROWS
-        j0 = (task % n_col_tiles) * TILE
+        j0 = (task % n_col_tiles) * tile
         nr = min(ROWS, M - i0)
-        nt = min(TILE, N - j0)
+        nt = min(tile, N - j0)
         lo = np.empty(nt, dtype=x.dtype)  # unpacked low nibbles of one byte row
         hi = np.empty(nt, dtype=x.dtype)
         part = np.empty((ROWS, nt), dtype=x.dtype)  # sums within the current group
@@ -251,7 +254,8 @@ def int4_weight_matmul(x, packed, scales, group):
     if group % 2 or x.shape[1] % group or scales.shape != (x.shape[1] // group, packed.shape[1]):
         raise ValueError(f"scales {scales.shape} do not fit K={x.shape[1]} with group={group}")
     out = np.empty((x.shape[0], packed.shape[1]), dtype=x.dtype)
-    _int4_weight_kernel(x, packed, np.ascontiguousarray(scales, dtype=x.dtype), group, x.dtype.type(0), out)
+    tile = TILE_BATCH if x.shape[0] > ROWS else TILE_ROW
+    _int4_weight_kernel(x, packed, np.ascontiguousarray(scales, dtype=x.dtype), group, x.dtype.type(0), out, tile)
     return out
 
 
