@@ -30,9 +30,8 @@ import numpy as np
 
 from minigpt.config import GPTConfig
 from minigpt.gradcheck import check_op, numerical_gradient, relative_error
+import minigpt.kernels  # noqa: F401  (registers the compiled attention backends)
 from minigpt.layers import (
-    causal_attention_backward,
-    causal_attention_forward,
     cross_entropy_backward,
     cross_entropy_forward,
     dropout_backward,
@@ -53,6 +52,7 @@ from minigpt.layers import (
     residual_forward,
     softmax,
 )
+from minigpt.layers.attention import ATTENTION_BACKENDS
 from minigpt.model import GPT
 from minigpt.pretrained import fast_mode
 from minigpt.tour import save_figure
@@ -233,6 +233,8 @@ assert abs(dlogits.sum()) < 1e-12 and (dlogits[0] < 0).sum() == 1
 # ($h = 10^{-5}$, float64). Inputs that get no gradient (token ids) report
 # `None`. A correct backward lands near $10^{-10}$; a single wrong term (a
 # missing mean in LayerNorm, a missing transpose) gives errors near $1$.
+# Attention is checked for every registered kernel (the NumPy reference and
+# the compiled ones): each must have a correct backward of its own.
 
 # %%
 B, T, C, H, Vv = 2, 5, 8, 2, 7
@@ -251,8 +253,6 @@ OPS = {
                   ["x", "gamma", "beta"]),
     "gelu": (gelu_forward, gelu_backward, [2 * randn(B, T, C)], ["x"]),
     "softmax": (softmax_forward, softmax_backward, [randn(B, T, C)], ["z"]),
-    "attention": (causal_attention_forward, causal_attention_backward, [randn(B, H, T, D) for _ in range(3)],
-                  ["q", "k", "v"]),
     "multihead attn": (lambda qkv: multihead_attention_forward(qkv, H), multihead_attention_backward,
                        [randn(B, T, 3 * C)], ["qkv"]),
     "cross-entropy": (cross_entropy_forward, cross_entropy_backward, [randn(B, T, Vv), ids], ["logits", "y"]),
@@ -265,6 +265,9 @@ OPS = {
     "dropout": (lambda x: dropout_forward(x, 0.3, np.random.default_rng(1)), dropout_backward,
                 [randn(B, T, C)], ["x"]),
 }
+qkv_heads = [randn(B, H, T, D) for _ in range(3)]
+for backend, (attn_fwd, attn_bwd) in ATTENTION_BACKENDS.items():
+    OPS[f"attention [{backend}]"] = (attn_fwd, attn_bwd, qkv_heads, ["q", "k", "v"])
 op_errors = {}
 for name, (fwd, bwd, inputs, input_names) in OPS.items():
     errs = check_op(fwd, bwd, inputs)
@@ -272,7 +275,7 @@ for name, (fwd, bwd, inputs, input_names) in OPS.items():
         if e is not None:
             op_errors[f"{name}: d{input_name}"] = e
     shown = ", ".join(f"d{n} {e:.1e}" for n, e in zip(input_names, errs) if e is not None)
-    print(f"{name:<15} {shown}")
+    print(f"{name:<20} {shown}")
 max_op_error = max(op_errors.values())
 print(f"largest relative error over {len(op_errors)} gradients: {max_op_error:.1e}")
 assert max_op_error < 1e-7
@@ -306,7 +309,7 @@ ax.set_xlim(1e-17, 10)
 ax.axvline(1e-7, color="k", ls="--", lw=1)
 ax.text(1.3e-7, len(labels) - 0.5, "pass / fail\n1e-7", fontsize=8, va="bottom")
 ax.set_xlabel(r"relative error $\|g - n\| / (\|g\| + \|n\|)$, float64, h = 1e-5")
-ax.set_title("Every hand-written backward in minigpt.layers\nagrees with centered differences")
+ax.set_title("Every hand-written backward in minigpt (layers and kernels)\nagrees with centered differences")
 save_figure(fig, "04_backprop")
 
 # %% [markdown]
@@ -337,6 +340,7 @@ _, loss = model.forward(idx, targets)
 # The forward's caches, in the order it stored them (a private attribute:
 # the model keeps them only until backward() consumes them).
 cache_order = list(model._caches)
+print(f"attention backend: {model.backend}")
 print(f"loss = {loss:.4f}; forward stored {len(cache_order)} caches, in order:")
 print("  " + " -> ".join(cache_order))
 print("backward consumes them in reverse:")

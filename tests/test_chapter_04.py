@@ -24,9 +24,12 @@ def test_chapter_04_backprop(tmp_path, monkeypatch, capsys):
     # every correct backward must be far below 1e-7, a wrong one far above.
     assert g["max_op_error"] < 1e-7
     assert g["broken_error"] > 1e-2
-    expected = {"linear: dW", "layernorm: dx", "gelu: dx", "softmax: dz", "attention: dk",
+    expected = {"linear: dW", "layernorm: dx", "gelu: dx", "softmax: dz", "attention [numpy]: dk",
                 "multihead attn: dqkv", "cross-entropy: dlogits", "embedding: dwte", "lm head: dwte"}
     assert expected <= set(g["op_errors"])
+    # every registered attention kernel is checked, not just the reference
+    for backend in g["ATTENTION_BACKENDS"]:
+        assert f"attention [{backend}]: dq" in g["op_errors"]
     # cross-entropy's gradient is p - y exactly (same float64 operations up to
     # one subtraction), and agrees with finite differences.
     assert g["ce_p_minus_y_error"] < 1e-15 and g["ce_numeric_error"] < 1e-8
