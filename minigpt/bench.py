@@ -299,7 +299,8 @@ def run_bench(quick=False, sections=("attention", "int_matmul", "train", "genera
     threads = numba.get_num_threads()
     if torch is not None:
         torch.set_num_threads(threads)
-    info = {"threads": threads, "cpus": os.cpu_count(), "numpy": np.__version__, "numba": numba.__version__,
+    blas = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") or "default"
+    info = {"threads": threads, "blas_threads": blas, "cpus": os.cpu_count(), "numpy": np.__version__, "numba": numba.__version__,
             "torch": None if torch is None else torch.__version__, "quick": quick}
     funcs = {"attention": bench_attention, "int_matmul": bench_int_matmul, "train": bench_train_step,
              "generate": bench_generation}
@@ -313,8 +314,8 @@ def run_bench(quick=False, sections=("attention", "int_matmul", "train", "genera
 
 
 def format_table(info, rows):
-    head = (f"minigpt bench: {info['threads']} threads (numba{', torch' if info['torch'] else ''}) on "
-            f"{info['cpus']} CPUs; numpy {info['numpy']}, numba {info['numba']}, "
+    head = (f"minigpt bench: {info['threads']} threads (numba{', torch' if info['torch'] else ''}), "
+            f"BLAS threads {info['blas_threads']}, on {info['cpus']} CPUs; numpy {info['numpy']}, numba {info['numba']}, "
             f"torch {info['torch'] or 'not installed'}; median of repeats, warm-up excluded")
     lines = [head, ""]
     fmt = "{:<18} {:<44} {:<26} {:>10} {:>16} {:>7} {:<24} {:>8}"

@@ -33,9 +33,9 @@ from . import vnni
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 USE_VNNI = vnni.HAS_VNNI  # the tests switch it off to check the portable kernel too
 ROWS = 4  # int4 task: rows of x sharing each unpacked weight
-# ... times this many output columns: wide tiles for batches, narrow ones for a
-# decoding row so that a 768-column layer still makes a dozen tasks for the threads
-TILE_BATCH, TILE_ROW = 256, 64
+# ... times this many output columns: wide tiles for batches, narrower ones for a
+# decoding row so that a 768-column layer still makes several tasks for the threads
+TILE_BATCH, TILE_ROW = 256, 128
 
 
 @njit(cache=True, inline="always")
