@@ -56,20 +56,29 @@ def _status_kb(field):
     raise KeyError(field)
 
 
-def _fix_mmap_threshold():
-    """Make glibc serve every allocation above 256 KB from a fresh mmap.
+def _set_mmap_threshold(nbytes):
+    """glibc's mallopt(M_MMAP_THRESHOLD): allocations above nbytes get their own mmap.
 
-    By default glibc raises its mmap threshold after big frees, and later
-    big arrays then reuse heap pages already counted in RSS, hiding them
-    from peak_extra_mb. Setting the threshold explicitly turns that off.
+    Setting it also stops glibc from raising the threshold by itself after
+    big frees (the default behaviour, under which later big arrays reuse
+    heap pages already counted in RSS and stay invisible to peak_extra_mb).
     """
     try:
         import ctypes
 
-        M_MMAP_THRESHOLD = -3
-        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 256 * 1024)
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, int(nbytes))
+        libc.mallopt(M_TRIM_THRESHOLD, 2 * int(nbytes))  # what glibc's own adjustment pairs with it
     except (OSError, AttributeError):
         pass
+
+
+# During a peak measurement every array above 256 KB is a fresh mmap, so it
+# shows in RSS; afterwards the threshold goes to 32 MB (glibc's own upper
+# limit) because page-faulting every temporary in again made a training
+# step 2.2x slower and would distort the timings.
+PEAK_MMAP_THRESHOLD, TIMING_MMAP_THRESHOLD = 256 * 1024, 32 * 2**20
 
 
 def peak_extra_mb(fn):
@@ -80,6 +89,7 @@ def peak_extra_mb(fn):
     at its peak (big arrays come from fresh mmaps, so reuse of freed memory
     does not hide them).
     """
+    _set_mmap_threshold(PEAK_MMAP_THRESHOLD)
     try:
         gc.collect()
         with open("/proc/self/clear_refs", "w") as f:
@@ -89,6 +99,8 @@ def peak_extra_mb(fn):
         return (_status_kb("VmHWM") - before) / 1024
     except (OSError, KeyError):
         return None
+    finally:
+        _set_mmap_threshold(TIMING_MMAP_THRESHOLD)
 
 
 def _row(section, case, impl, seconds, rate=None, unit="", ratio=None, vs="", peak=None):
@@ -130,9 +142,10 @@ def bench_attention(quick, torch):
         base = "torch sdpa" if torch is not None else "numpy"
         for which, section in ((0, "attention fwd"), (1, "attention fwd+bwd")):
             times = {name: time_call(fns[which], repeats) for name, fns in impls.items()}
-            for name, fns in impls.items():
+            peaks = {name: peak_extra_mb(fns[which]) for name, fns in impls.items()}  # after all timings
+            for name in impls:
                 rows.append(_row(section, f"T={T}", name, times[name], ratio=times[name] / times[base],
-                                 vs=base, peak=peak_extra_mb(fns[which])))
+                                 vs=base, peak=peaks[name]))
     return rows
 
 
@@ -295,7 +308,7 @@ def run_bench(quick=False, sections=("attention", "int_matmul", "train", "genera
     # 0.06 ms after a torch call), so every pool waits passively; that costs
     # each library a little wake-up latency and keeps the comparison fair.
     torch = _torch()
-    _fix_mmap_threshold()
+    _set_mmap_threshold(TIMING_MMAP_THRESHOLD)  # the same allocator behaviour for every timing
     threads = numba.get_num_threads()
     if torch is not None:
         torch.set_num_threads(threads)
