@@ -74,6 +74,17 @@ def _set_mmap_threshold(nbytes):
         pass
 
 
+def _release_free_heap():
+    """glibc's malloc_trim(0): hand freed heap pages back to the OS, so that
+    reusing them during a peak measurement counts in RSS again."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 # During a peak measurement every array above 256 KB is a fresh mmap, so it
 # shows in RSS; afterwards the threshold goes to 32 MB (glibc's own upper
 # limit) because page-faulting every temporary in again made a training
@@ -92,6 +103,7 @@ def peak_extra_mb(fn):
     _set_mmap_threshold(PEAK_MMAP_THRESHOLD)
     try:
         gc.collect()
+        _release_free_heap()
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
         before = _status_kb("VmRSS")
