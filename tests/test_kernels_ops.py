@@ -95,3 +95,19 @@ def test_layernorm_backward_against_finite_differences():
     inputs = [rng.standard_normal((2, 3, 5)), rng.standard_normal(5), rng.standard_normal(5)]
     errors = check_op(kln.layernorm_forward, kln.layernorm_backward, inputs)
     assert max(errors) < 1e-8, errors
+
+
+def test_small_work_runs_on_one_thread_and_restores_the_count():
+    import numba
+
+    from minigpt.kernels.threads import SMALL_WORK, threads_for
+
+    before = numba.get_num_threads()
+    with threads_for(SMALL_WORK - 1):
+        assert numba.get_num_threads() == 1
+    assert numba.get_num_threads() == before
+    with threads_for(SMALL_WORK):
+        assert numba.get_num_threads() == before
+    with pytest.raises(ZeroDivisionError), threads_for(1):
+        1 / 0  # the count is restored even when the block raises
+    assert numba.get_num_threads() == before

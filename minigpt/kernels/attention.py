@@ -41,6 +41,7 @@ import numpy as np
 from numba import njit, prange
 
 from .fastexp import fexp
+from .threads import threads_for
 
 BLOCK = 256  # keys per online-softmax step; any value is correct, 256 floats sit in L1
 ROWS = 4  # query rows handled together (the loops spell out 4)
@@ -231,7 +232,8 @@ def attention_forward(q, k, v):
     lse = np.empty((B, H, T_q), dtype=q.dtype)  # log-sum-exp of each score row
     scale = q.dtype.type(1.0 / math.sqrt(D))
     if T_q > 0:
-        _forward_kernel(q, k, v, scale, out, lse)
+        with threads_for(B * H * T_q * k.shape[2] * D):  # one decoding step is small work
+            _forward_kernel(q, k, v, scale, out, lse)
     return out, (q, k, v, out, lse, scale)
 
 

@@ -17,6 +17,7 @@ from numba import njit, prange
 
 from ..layers.gelu import GELU_A, GELU_K
 from .fastexp import fexp
+from .threads import threads_for
 
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 
@@ -71,7 +72,8 @@ def gelu_forward(x):
     """Same contract as minigpt.layers.gelu.gelu_forward; cache = x."""
     x2 = _rows(x)
     out = np.empty_like(x2)
-    _gelu_forward_kernel(x2, out, _constants(x2.dtype))
+    with threads_for(16 * x2.size):  # a decoding step's single row is not worth a second thread
+        _gelu_forward_kernel(x2, out, _constants(x2.dtype))
     return out.reshape(np.shape(x)), x
 
 

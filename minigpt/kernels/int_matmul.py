@@ -23,19 +23,21 @@ How they are made fast (read the machine code with fn.inspect_asm(sig)):
   end. (A dot-product order over k spends more on the per-group horizontal
   sums than on the 32 multiply-adds of a group: measured 15x slower.)
 """
+import numba
 import numpy as np
 from numba import int32, njit, prange
 
 from . import int_matmul_ref as ref
 from . import vnni
+from .threads import threads_for
 
 # Float loops: let LLVM reorder the sums so the k loop vectorises.
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 USE_VNNI = vnni.HAS_VNNI  # the tests switch it off to check the portable kernel too
 ROWS = 4  # int4 task: rows of x sharing each unpacked weight
-# ... times this many output columns: wide tiles for batches, narrower ones for a
-# decoding row so that a 768-column layer still makes several tasks for the threads
-TILE_BATCH, TILE_ROW = 256, 128
+# ... times this many output columns: 256 for batches; for a decoding row,
+# N / threads (at least 64), so each thread gets one long run of columns
+TILE_BATCH, TILE_ROW = 256, 64
 
 
 @njit(cache=True, inline="always")
@@ -220,7 +222,8 @@ def int8_matmul_int32(a_q, w_q):
     a_q, w_q = _as_rows(a_q, np.int8), _as_rows(w_q, np.int8)
     _check_k(a_q, w_q, w_q.shape[1])
     out = np.empty((a_q.shape[0], w_q.shape[0]), dtype=np.int32)
-    _int32_products(a_q, w_q, out)
+    with threads_for(out.size * a_q.shape[1]):
+        _int32_products(a_q, w_q, out)
     return out
 
 
@@ -233,8 +236,9 @@ def int8_matmul(a_q, a_scale, w_q, w_scale):
     # The float output holds the int32 sums exactly while |acc| < 2^24 (float32),
     # i.e. K < 1040 at full int8 range; beyond that it rounds as acc.astype(float32) does.
     out = np.empty((a_q.shape[0], w_q.shape[0]), dtype=a_scale.dtype)
-    _int32_products(a_q, w_q, out)
-    _rescale(out, a_scale, w_scale)
+    with threads_for(out.size * a_q.shape[1]):
+        _int32_products(a_q, w_q, out)
+        _rescale(out, a_scale, w_scale)
     return out
 
 
@@ -243,7 +247,8 @@ def int8_weight_matmul(x, w_q, w_scale):
     x, w_q = _as_rows(x), _as_rows(w_q, np.int8)
     _check_k(x, w_q, w_q.shape[1])
     out = np.empty((x.shape[0], w_q.shape[0]), dtype=x.dtype)
-    _int8_weight_kernel(x, w_q, np.ascontiguousarray(w_scale, dtype=x.dtype), x.dtype.type(0), out)
+    with threads_for(out.size * x.shape[1]):
+        _int8_weight_kernel(x, w_q, np.ascontiguousarray(w_scale, dtype=x.dtype), x.dtype.type(0), out)
     return out
 
 
@@ -254,8 +259,12 @@ def int4_weight_matmul(x, packed, scales, group):
     if group % 2 or x.shape[1] % group or scales.shape != (x.shape[1] // group, packed.shape[1]):
         raise ValueError(f"scales {scales.shape} do not fit K={x.shape[1]} with group={group}")
     out = np.empty((x.shape[0], packed.shape[1]), dtype=x.dtype)
-    tile = TILE_BATCH if x.shape[0] > ROWS else TILE_ROW
-    _int4_weight_kernel(x, packed, np.ascontiguousarray(scales, dtype=x.dtype), group, x.dtype.type(0), out, tile)
+    if x.shape[0] > ROWS:
+        tile = TILE_BATCH
+    else:  # decoding: one long column run per thread (each byte row's slice costs a reference count)
+        tile = max(TILE_ROW, -(-packed.shape[1] // (16 * numba.get_num_threads())) * 16)
+    with threads_for(4 * out.size * x.shape[1]):  # unpacking makes each multiply-add ~4x dearer
+        _int4_weight_kernel(x, packed, np.ascontiguousarray(scales, dtype=x.dtype), group, x.dtype.type(0), out, tile)
     return out
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..layers.layernorm import LN_EPS
+from .threads import threads_for
 
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 CHUNKS = 16  # row chunks with their own dgamma/dbeta partial sums
@@ -87,8 +88,9 @@ def layernorm_forward(x, gamma, beta, eps=LN_EPS):
     out = np.empty_like(x2)
     xhat = np.empty_like(x2)
     rstd = np.empty((x2.shape[0], 1), dtype=x2.dtype)
-    _forward_kernel(x2, np.ascontiguousarray(gamma, dtype=x2.dtype), np.ascontiguousarray(beta, dtype=x2.dtype),
-                    _constants(x2.dtype, C, eps), out, xhat, rstd[:, 0])
+    with threads_for(8 * x2.size):  # a decoding step's single row is not worth a second thread
+        _forward_kernel(x2, np.ascontiguousarray(gamma, dtype=x2.dtype), np.ascontiguousarray(beta, dtype=x2.dtype),
+                        _constants(x2.dtype, C, eps), out, xhat, rstd[:, 0])
     shape = np.shape(x)
     return out.reshape(shape), (xhat.reshape(shape), rstd.reshape(*shape[:-1], 1), gamma)
 
