@@ -11,13 +11,16 @@ arrays per head, and keeps P for the backward: memory grows as T^2 and every
 element is written to and read back from RAM several times. Here one
 (batch, head) pair is one parallel task, and within it:
 
-Forward, one query row i at a time, keys in blocks of BLOCK (online softmax):
+Forward, per query row i, keys in blocks of BLOCK (online softmax):
     m = running max of the scores seen so far, l = running sum of exp(s - m),
     acc = running sum of exp(s - m) v.
     For a new block with scores s_j:  m' = max(m, max_j s_j),
     rescale the old sums by exp(m - m'), then add exp(s_j - m') and exp(s_j - m') v_j.
     At the end out_i = acc / l and the row's log-sum-exp is L_i = m + log(l).
-  Only a BLOCK-long score buffer exists; no T x T array is ever made.
+  Only a (ROWS, BLOCK) score buffer exists; no T x T array is ever made.
+  ROWS = 4 query rows go through the blocks together, so each k and v element
+  loaded serves four rows (rows see different numbers of keys: the surplus
+  scores of the shorter rows are set to probability 0).
 
 Backward, recomputing instead of storing P:
     P_ij = exp(S_ij - L_i)                              (exact softmax, from L_i)
@@ -27,6 +30,8 @@ Backward, recomputing instead of storing P:
   delta_i uses the identity sum_j P_ij (dout_i . v_j) = dout_i . out_i, so the
   row sum needs no second pass over keys. Recomputing P costs one more
   Q K^T, cheaper than writing and re-reading T^2 numbers.
+  Again four query rows at a time, with one (ROWS, T_k) buffer for P and one
+  for dS; dK and dV accumulate over the rows in (D, T_k) arrays per task.
 
 Layout: k and v are copied transposed, (D, T_k), per task, so the inner loops
 (over keys) walk contiguous memory and vectorise; exp is fexp (see fastexp.py).
