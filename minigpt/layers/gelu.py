@@ -11,7 +11,8 @@ GELU_A = 0.044715
 
 
 def gelu_forward(x):
-    u = GELU_K * (x + GELU_A * x**3)
+    # x * x * x, not x**3: numpy sends float32 powers to libm pow, ~100x slower
+    u = GELU_K * (x + GELU_A * (x * x * x))
     t = np.tanh(u)
     out = 0.5 * x * (1.0 + t)
     return out, (x, t)
