@@ -125,15 +125,18 @@ class TrainConfig:
 PRESETS: dict[str, dict] = {
     "tiny": {
         "model": dict(block_size=64, n_layer=2, n_head=4, n_embd=64),
-        "train": dict(steps=600, batch_size=16, lr=3e-3, min_lr=3e-4, warmup_steps=50),
+        "train": dict(steps=4000, batch_size=16, lr=3e-3, min_lr=3e-4, warmup_steps=100,
+                      eval_every=250, checkpoint_every=1000),
     },
     "small": {
         "model": dict(block_size=96, n_layer=3, n_head=4, n_embd=96),
-        "train": dict(steps=1500, batch_size=16, lr=2e-3, min_lr=2e-4, warmup_steps=100),
+        "train": dict(steps=1500, batch_size=16, lr=2e-3, min_lr=2e-4, warmup_steps=100,
+                      eval_every=250, checkpoint_every=500),
     },
     "base": {
         "model": dict(block_size=128, n_layer=4, n_head=4, n_embd=128),
-        "train": dict(steps=3000, batch_size=16, lr=1e-3, min_lr=1e-4, warmup_steps=200),
+        "train": dict(steps=3000, batch_size=16, lr=1e-3, min_lr=1e-4, warmup_steps=200,
+                      eval_every=250, checkpoint_every=500),
     },
 }
 
