@@ -111,14 +111,20 @@ class Dataset:
         return x, y
 
     def iter_eval_batches(self, split: str, batch_size: int, max_batches=None):
-        """Consecutive non-overlapping windows, in order: a deterministic evaluation."""
+        """Non-overlapping windows in order: a deterministic evaluation.
+
+        All of them by default; with max_batches, that many batches of windows
+        spread evenly over the split (not just its beginning, which may be
+        easier or harder than the rest).
+        """
         data = self.train if split == "train" else self.val
         T = self.block_size
         n_windows = (len(data) - 1) // T
-        starts = np.arange(n_windows) * T
+        windows = np.arange(n_windows)
+        if max_batches is not None and max_batches * batch_size < n_windows:
+            windows = np.linspace(0, n_windows - 1, max_batches * batch_size).round().astype(np.int64)
+        starts = windows * T
         offsets = np.arange(T)
-        for bi, i in enumerate(range(0, n_windows, batch_size)):
-            if max_batches is not None and bi >= max_batches:
-                break
+        for i in range(0, len(starts), batch_size):
             s = starts[i : i + batch_size]
             yield data[s[:, None] + offsets], data[s[:, None] + offsets + 1]

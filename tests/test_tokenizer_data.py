@@ -90,3 +90,16 @@ def test_eval_windows_cover_the_split_in_order():
     xs = np.concatenate([x for x, _ in ds.iter_eval_batches("val", 4)])
     assert xs.shape == ((len(ds.val) - 1) // 10, 10)
     assert np.array_equal(xs.reshape(-1), ds.val[: xs.size])
+
+
+def test_limited_eval_spreads_windows_over_the_split():
+    text = "".join(chr(97 + i % 26) for i in range(20000))
+    tok = CharTokenizer.from_text(text)
+    ds = Dataset.from_text(text, tok, block_size=10)
+    batches = list(ds.iter_eval_batches("val", 4, max_batches=3))
+    assert len(batches) == 3 and all(x.shape == (4, 10) for x, _ in batches)
+    xs = np.concatenate([x for x, _ in batches])
+    n_windows = (len(ds.val) - 1) // 10
+    expected = np.linspace(0, n_windows - 1, 12).round().astype(int) * 10  # first window to last
+    assert expected[0] == 0 and expected[-1] == (n_windows - 1) * 10
+    assert np.array_equal(xs, np.stack([ds.val[s : s + 10] for s in expected]))
