@@ -27,3 +27,31 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     terminalreporter.section("finite-difference max relative error per op")
     for op, err in sorted(_FD_ERRORS.items()):
         terminalreporter.write_line(f"{op:32s} {err:.2e}")
+
+
+_PNG = b"\x89PNG\r\n\x1a\n"
+_ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def run_chapter(tmp_path, tmp_path_factory, monkeypatch, capsys):
+    """run_chapter(stem, figures) runs chapters/<stem>.py in fast mode, in
+    process, and returns (its module globals, what it printed), after checking
+    that it wrote each named figure as a small PNG. Figures go to a temporary
+    directory; the fast models are cached once per test session and shared."""
+    import runpy
+
+    def run(stem, figures):
+        monkeypatch.setenv("MINIGPT_FAST", "1")
+        monkeypatch.setenv("MINIGPT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "minigpt-cache"))
+        monkeypatch.setenv("MINIGPT_FIGURES_DIR", str(tmp_path / "figs"))
+        monkeypatch.setenv("MPLBACKEND", "Agg")
+        g = runpy.run_path(str(_ROOT / "chapters" / f"{stem}.py"), run_name="__main__")
+        out = capsys.readouterr().out
+        for name in figures:
+            png = tmp_path / "figs" / f"{name}.png"
+            assert png.read_bytes()[:8] == _PNG, name
+            assert png.stat().st_size < 150_000, name  # committed figures stay small
+        return g, out
+
+    return run

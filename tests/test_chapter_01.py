@@ -1,27 +1,12 @@
 """Chapter 1 (attention) runs end to end in fast mode and its checks hold."""
-import runpy
-from pathlib import Path
 
 import numpy as np
 
-CHAPTER = Path(__file__).resolve().parent.parent / "chapters" / "01_attention.py"
 FIGURES = ("01_attention", "01_attention_maps")
 
 
-def test_chapter_01_attention(tmp_path, tmp_path_factory, monkeypatch, capsys):
-    monkeypatch.setenv("MINIGPT_FAST", "1")
-    # one cache for the whole test session: the fast model is trained once
-    # and shared by every chapter test that asks for it
-    monkeypatch.setenv("MINIGPT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "minigpt-cache"))
-    monkeypatch.setenv("MINIGPT_FIGURES_DIR", str(tmp_path / "figs"))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    g = runpy.run_path(str(CHAPTER), run_name="__main__")
-    out = capsys.readouterr().out
-
-    for name in FIGURES:
-        png = tmp_path / "figs" / f"{name}.png"
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
-        assert png.stat().st_size < 150_000
+def test_chapter_01_attention(run_chapter):
+    g, out = run_chapter("01_attention", FIGURES)
 
     # Var(q.k) = d_k and Var(q.k / sqrt(d_k)) = 1: with >= 4000 pairs the
     # sample variance is within ~0.1 of the truth (sd sqrt(8/4000) at d_k=1)

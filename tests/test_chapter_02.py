@@ -1,26 +1,12 @@
 """Chapter 2 (multi-head attention) runs end to end in fast mode and its checks hold."""
-import runpy
-from pathlib import Path
 
 import numpy as np
 
-CHAPTER = Path(__file__).resolve().parent.parent / "chapters" / "02_multi_head.py"
 FIGURES = ("02_multi_head", "02_multi_head_cost")
 
 
-def test_chapter_02_multi_head(tmp_path, tmp_path_factory, monkeypatch, capsys):
-    monkeypatch.setenv("MINIGPT_FAST", "1")
-    # shared by the chapter tests of this session: the fast model trains once
-    monkeypatch.setenv("MINIGPT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "minigpt-cache"))
-    monkeypatch.setenv("MINIGPT_FIGURES_DIR", str(tmp_path / "figs"))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    g = runpy.run_path(str(CHAPTER), run_name="__main__")
-    out = capsys.readouterr().out
-
-    for name in FIGURES:
-        png = tmp_path / "figs" / f"{name}.png"
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
-        assert png.stat().st_size < 150_000
+def test_chapter_02_multi_head(run_chapter):
+    g, out = run_chapter("02_multi_head", FIGURES)
 
     # slicing c_attn / c_proj per head reproduces the model's split: float32
     # sums of 64 terms in another order agree to ~1e-6

@@ -1,34 +1,21 @@
 """Chapter 3 (the block) runs end to end in fast mode and its checks hold."""
 import math
-import runpy
 from pathlib import Path
 
 import numpy as np
 
-CHAPTER = Path(__file__).resolve().parent.parent / "chapters" / "03_block.py"
 FIGURES = ("03_block_ln", "03_block_gelu")
 
 
-def test_chapter_03_block(tmp_path, tmp_path_factory, monkeypatch, capsys):
-    monkeypatch.setenv("MINIGPT_FAST", "1")
-    # shared by the chapter tests of this session: the fast model trains once
-    monkeypatch.setenv("MINIGPT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "minigpt-cache"))
-    monkeypatch.setenv("MINIGPT_FIGURES_DIR", str(tmp_path / "figs"))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    g = runpy.run_path(str(CHAPTER), run_name="__main__")
-    out = capsys.readouterr().out
-
-    for name in FIGURES:
-        png = tmp_path / "figs" / f"{name}.png"
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
-        assert png.stat().st_size < 150_000
+def test_chapter_03_block(run_chapter):
+    g, out = run_chapter("03_block", FIGURES)
 
     # the FFN built from minigpt layers is the model's MLP (float32 logits)
     assert g["hand_vs_model"] < 1e-4 and g["positionwise_diff"] < 1e-5
     # the loose formula is affine (float64 rounding ~1e-16); the FFN is not
     assert g["loose_nonlinearity"] < 1e-12 and g["collapse_diff"] < 1e-12
     assert g["ffn_nonlinearity"] > 0.05
-    assert "A formula to avoid" in Path(CHAPTER).read_text()
+    assert "A formula to avoid" in (Path(__file__).resolve().parent.parent / "chapters" / "03_block.py").read_text()
 
     # LayerNorm output: mean 0, variance 1 (eps = 1e-5 shifts the variance slightly)
     assert g["ln_mean_err"] < 1e-5 and g["ln_var_err"] < 1e-3

@@ -1,24 +1,12 @@
 """Chapter 4 (backprop) runs end to end in fast mode and its checks hold."""
-import runpy
-from pathlib import Path
 
 import numpy as np
 
-CHAPTER = Path(__file__).resolve().parent.parent / "chapters" / "04_backprop.py"
 FIGURES = ("04_backprop", "04_backprop_step_size", "04_backprop_model")
 
 
-def test_chapter_04_backprop(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("MINIGPT_FAST", "1")
-    monkeypatch.setenv("MINIGPT_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("MINIGPT_FIGURES_DIR", str(tmp_path / "figs"))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    g = runpy.run_path(str(CHAPTER), run_name="__main__")
-    out = capsys.readouterr().out
-
-    for name in FIGURES:
-        png = tmp_path / "figs" / f"{name}.png"
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+def test_chapter_04_backprop(run_chapter):
+    g, out = run_chapter("04_backprop", FIGURES)
 
     # Centered differences in float64 have a best error near eps^(2/3) ~ 1e-11;
     # every correct backward must be far below 1e-7, a wrong one far above.

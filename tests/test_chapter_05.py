@@ -1,25 +1,13 @@
 """Chapter 5 (training) runs end to end in fast mode and its checks hold."""
 import math
-import runpy
-from pathlib import Path
 
 import numpy as np
 
-CHAPTER = Path(__file__).resolve().parent.parent / "chapters" / "05_training.py"
 FIGURES = ("05_training", "05_training_schedule", "05_training_sampling", "05_training_kv_cache")
 
 
-def test_chapter_05_training(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("MINIGPT_FAST", "1")
-    monkeypatch.setenv("MINIGPT_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("MINIGPT_FIGURES_DIR", str(tmp_path / "figs"))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    g = runpy.run_path(str(CHAPTER), run_name="__main__")
-    out = capsys.readouterr().out
-
-    for name in FIGURES:
-        png = tmp_path / "figs" / f"{name}.png"
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+def test_chapter_05_training(run_chapter):
+    g, out = run_chapter("05_training", FIGURES)
 
     # AdamW: decoupled decay multiplies matrices by exactly 1 - lr*wd (float64
     # arithmetic on the same numbers), leaves 1-D tensors alone.

@@ -5,7 +5,6 @@ The mask (already divided by 1 - p) is kept in the cache, so the backward
 uses exactly the units the forward kept. With p = 0 or outside training it
 is the identity.
 """
-import numpy as np
 
 
 def dropout_forward(x, p, rng, training=True):
