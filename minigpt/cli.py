@@ -99,6 +99,24 @@ def _positive(name, value):
         raise MinigptError(f"{name} must be positive, got {value}")
 
 
+def _check_writable(path):
+    """Raise MinigptError unless a checkpoint can be written at path."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    parent = Path(path).resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".minigpt-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise MinigptError(f"cannot write the checkpoint {path}: {e.strerror or e}") from None
+    if Path(path).is_dir():
+        raise MinigptError(f"--out {path} is a directory; give a file name such as {Path(path) / 'model.npz'}")
+
+
 def cmd_train(args):
     from .checkpoint import load_checkpoint
     from .config import preset
@@ -131,6 +149,7 @@ def cmd_train(args):
                            dropout=args.dropout, dtype=args.dtype, **train_overrides)
         model = GPT(cfg, seed=tcfg.seed, backend=args.backend, tokenizer=tokenizer)
         out = args.out or f"{args.preset}.npz"
+    _check_writable(out)  # fail now, not after minutes of training
     dataset = Dataset.from_text(text, tokenizer, model.config.block_size)
     if ckpt is not None and ckpt.step >= tcfg.steps:
         raise MinigptError(f"{args.resume} is already at step {ckpt.step} of {tcfg.steps}; pass a larger --steps")
@@ -192,6 +211,9 @@ def main(argv=None):
     try:
         return args.func(args)
     except MinigptError as e:
+        print(f"minigpt: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as e:  # the file system refused (full disk, permissions): the user's to fix
         print(f"minigpt: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

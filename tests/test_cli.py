@@ -107,3 +107,10 @@ def test_console_script_prints_one_line_without_traceback(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"minigpt: error: checkpoint not found: {tmp_path / 'missing.npz'}"]
+
+
+def test_unwritable_output_fails_before_training(tmp_path, corpus, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # a file where a directory would have to be
+    _user_error(capsys, ["train", "--text", str(corpus), "--out", str(blocker / "m.npz"), *TINY], "cannot write")
+    _user_error(capsys, ["train", "--text", str(corpus), "--out", str(tmp_path), *TINY], "is a directory")
