@@ -164,7 +164,7 @@ def loose_inner(x):
 
 
 def superposition_error(f, a, b):
-    """||f(a+b) - f(a) - f(b) + f(0)|| / (||f(a)|| + ||f(b)||): 0 iff f is affine on a, b."""
+    """||f(a+b) - f(a) - f(b) + f(0)|| / (||f(a)|| + ||f(b)||): 0 if f is affine; > 0 proves it is not."""
     zero = np.zeros_like(a)
     err = f(a + b) - f(a) - f(b) + f(zero)
     return float(np.linalg.norm(err) / (np.linalg.norm(f(a)) + np.linalg.norm(f(b))))
@@ -367,11 +367,13 @@ save_figure(fig, "03_block_ln")
 # * **Pre-LN** lets the stream grow with depth: by about 20% over 24 blocks
 #   with GPT-2's scaled projections, about five-fold without them. The
 #   sublayers do not mind, since each reads a LayerNormed copy, but the final
-#   $\text{LN}_f$ divides the gradient by the stream's size, so without the
-#   scaling the upper blocks get several times less gradient than the lower
-#   ones (printed above). With GPT-2's init every block receives a gradient
-#   of similar size: the identity path delivers the loss's gradient to each
-#   of them directly.
+#   $\text{LN}_f$ divides the gradient it sends down by the size of the
+#   stream it reads (about four times larger here without the scaling), so
+#   the top blocks get several times less gradient than with GPT-2's init,
+#   and the gradient is no longer even: the upper blocks get several times
+#   less than the lower ones (printed above). With GPT-2's init every block
+#   receives a gradient of similar size: the identity path delivers the
+#   loss's gradient to each of them directly.
 # * **Post-LN** pins the stream at rms 1 after every block. The branches,
 #   initialised small, are then a small perturbation of a unit-size stream,
 #   and every block past the first gets a gradient about twenty times
@@ -468,13 +470,20 @@ for s, f, c in param_count_checks:
     print(f"{s['vocab_size']:6d} {s['block_size']:5d} {s['n_layer']:3d} {s['n_embd']:4d} {f:12,d} {c:12,d}")
 print(f"the trained tiny model: {model.num_params():,} parameters, formula "
       f"{gpt_params_formula(cfg.vocab_size, cfg.block_size, cfg.n_layer, cfg.n_embd):,}")
+# share of the embeddings (VC + TC) in the total, for GPT-2 small and the tiny model
+embedding_share = {"GPT-2 small": (50257 + 1024) * 768 / gpt2_formula,
+                   "tiny": (cfg.vocab_size + cfg.block_size) * cfg.n_embd / model.num_params()}
+print("embeddings' share of the parameters: "
+      + ", ".join(f"{name} {share:.1%}" for name, share in embedding_share.items()))
 assert all(f == c for _, f, c in param_count_checks) and gpt2_counted == 124_439_808
 assert model.num_params() == gpt_params_formula(cfg.vocab_size, cfg.block_size, cfg.n_layer, cfg.n_embd)
 
 # %% [markdown]
-# GPT-2 small has 124,439,808 parameters, the "124M" of its name; in the tiny
-# model the embeddings are a much larger share, since $VC$ grows with $C$ but
-# the blocks grow with $C^2$.
+# GPT-2 small has 124,439,808 parameters, the "124M" of its name, and almost
+# a third of them are the embeddings, because its vocabulary of 50,257 BPE
+# tokens is large. The tiny model's 96 characters make the embeddings a much
+# smaller share (printed above). For a fixed $V$ the share shrinks as the
+# model widens, since $VC$ grows with $C$ but the blocks grow with $C^2$.
 #
 # ## Exercises
 #

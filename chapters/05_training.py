@@ -157,7 +157,8 @@ save_figure(fig, "05_training_schedule")
 # g \leftarrow g \cdot \min\!\left(1, \frac{c}{\|g\|}\right),$$
 #
 # so the step keeps its direction and only its length is capped at $c$
-# (`grad_clip`, 1.0 here). Below: the untrained model's gradient on one batch.
+# (`grad_clip`, 1.0 in the presets). Below: the untrained model's gradient on
+# one batch, clipped to $c = 0.5$ so that the clip actually bites.
 
 # %%
 probe = GPT(cfg, seed=0)
@@ -181,8 +182,12 @@ assert abs(norm_after - 0.5) < 1e-5 and abs(clip_cosine - 1) < 1e-6
 # of random windows, forward, backward, clip, AdamW step with the scheduled
 # learning rate, validation every few steps) and caches the result, so running
 # this chapter again loads it instead of training. Before any training the
-# model predicts nearly uniformly over the $V$ characters, so the loss starts at
-# $\ln V$; the loss in nats divided by $\ln 2$ is bits per character.
+# model predicts nearly uniformly over the $V$ characters, so the loss starts
+# near $\ln V$. It starts a little below: with the embedding tied to the
+# output head, an untrained model already gives the *current* character
+# about 2.5 times its uniform share, and in Python source about one
+# character in five repeats the one before it (runs of indentation spaces).
+# The loss in nats divided by $\ln 2$ is bits per character.
 
 # %%
 t0 = time.perf_counter()
