@@ -58,10 +58,11 @@ rng = np.random.default_rng(0)
 # ## Why divide by $\sqrt{d_k}$?
 #
 # Suppose the entries of $q$ and $k$ are independent with mean 0 and
-# variance 1 (roughly what LayerNorm and a sensible initialisation give).
-# Then each product $q_m k_m$ has mean 0 and variance
-# $\mathbb{E}[q_m^2]\,\mathbb{E}[k_m^2] = 1$, and the dot product adds $d_k$ of
-# them:
+# variance 1 (the assumption of Vaswani et al., 2017; with any other common
+# variance $\sigma^2$ both variances below are multiplied by $\sigma^4$, and
+# the growth with $d_k$ is the same). Then each product $q_m k_m$ has mean 0
+# and variance $\mathbb{E}[q_m^2]\,\mathbb{E}[k_m^2] = 1$, and the dot
+# product adds $d_k$ of them:
 #
 # $$\operatorname{Var}(q \cdot k) = \sum_{m=1}^{d_k} \operatorname{Var}(q_m k_m) = d_k,
 # \qquad \operatorname{Var}\!\left(\frac{q \cdot k}{\sqrt{d_k}}\right) = 1 .$$

@@ -181,8 +181,10 @@ assert softmax_jacobian_error < 1e-8
 # $\bar\beta = \sum \bar y$ (summed over positions), $\bar{\hat x} = \bar y \gamma$.
 # $x$ reaches $\hat x$ three ways: directly, through $\mu$ and through $\sigma^2$.
 # With $\partial \mu / \partial x_j = 1/C$, $\partial \sigma^2 / \partial x_j = 2(x_j - \mu)/C$
-# and the identities $\sum_i \hat x_i = 0$, $\sum_i \hat x_i^2 = C$ (up to $\epsilon$) the three
-# terms collapse to
+# (its part through $\mu$ vanishes because $\sum_i (x_i - \mu) = 0$) and
+# $\partial r / \partial \sigma^2 = -r^3/2$, so that
+# $\partial \hat x_i / \partial x_j = r\,(\delta_{ij} - 1/C - \hat x_i \hat x_j / C)$, the three
+# terms collapse, exactly ($\epsilon$ included), to
 #
 # $$\bar x = r \left( \bar{\hat x} - \text{mean}(\bar{\hat x}) - \hat x \,\text{mean}(\bar{\hat x} \odot \hat x) \right).$$
 #
