@@ -329,7 +329,8 @@ if not FAST:
 # heads are the same, and every head is used: removing any one raises the
 # validation loss, but by very different amounts (here, 0.17 to 0.5 nats
 # for a layer-0 head and only a few hundredths for a layer-1 head). Uneven
-# importance like this is what head pruning exploits later in the tour.
+# importance like this is what head pruning exploits: the heads that matter
+# least are the first candidates for removal when a model is made cheaper.
 #
 # ## Exercises
 #
