@@ -127,7 +127,7 @@ def load_checkpoint(path, backend=None) -> Checkpoint:
             tokenizer = _tokenizer_from_meta(meta["tokenizer"])
     except (MinigptError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: invalid config or vocabulary in metadata ({e})") from None
-    if not isinstance(tokenizer, (CharTokenizer, type(None))) and tokenizer.vocab_size > config.vocab_size:
+    if tokenizer is not None and not isinstance(tokenizer, CharTokenizer) and tokenizer.vocab_size > config.vocab_size:
         raise CheckpointError(f"{path}: tokenizer ids reach {tokenizer.vocab_size - 1}, "
                               f"beyond config.vocab_size={config.vocab_size}")
     if isinstance(tokenizer, CharTokenizer) and tokenizer.vocab_size != config.vocab_size:
