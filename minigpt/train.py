@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from tqdm.auto import tqdm
+from .progress import tqdm  # the bar that fits: text, or a widget in Jupyter with ipywidgets
 
 from .checkpoint import Checkpoint, save_checkpoint
 from .config import TrainConfig
