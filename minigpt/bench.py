@@ -1,5 +1,9 @@
 """``minigpt bench``: the kernels side by side with the NumPy reference and,
-when it is installed, PyTorch, in one run and one table.
+when it is installed, PyTorch, in one run: a header line naming the CPU
+(model and cores), threads and versions, then one table per section. Every
+table compares its rows with one baseline that is always there (the NumPy
+reference, or float32), named in its title, and as a speed-up: baseline
+time / row time, so higher is better everywhere.
 
 Every row is the median of several timed repeats after one untimed warm-up
 (which also pays any numba compilation). Threads: numba and torch are given
@@ -23,11 +27,52 @@ import os
 import statistics
 import sys
 import time
+import warnings
 
 import numpy as np
 
 
 # ----------------------------------------------------------------- helpers
+def _cpuinfo(path="/proc/cpuinfo"):
+    """The first processor's fields of /proc/cpuinfo, and every processor's (physical id, core id)."""
+    first, cores = {}, set()
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return first, cores
+    for block in text.strip().split("\n\n"):
+        fields = {}
+        for line in block.splitlines():
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
+        first = first or fields
+        cores.add((fields.get("physical id"), fields.get("core id", fields.get("processor"))))
+    return first, cores
+
+
+def cpu_model(path="/proc/cpuinfo"):
+    """The CPU's name as the kernel reports it, with family/model numbers (a
+    virtual machine's name is often generic: "Intel(R) Xeon(R) Processor"
+    is family 6 model 207, Emerald Rapids) and AVX-512 VNNI when present.
+    Falls back to platform.processor() / platform.machine()."""
+    import platform
+
+    info, _ = _cpuinfo(path)
+    name = " ".join(info.get("model name", "").split()) or platform.processor() or platform.machine() or "unknown CPU"
+    if "cpu family" in info and "model" in info:
+        name += f" (family {info['cpu family']} model {info['model']})"
+    if "avx512_vnni" in info.get("flags", "").split():
+        name += ", AVX-512 VNNI"
+    return name
+
+
+def cpu_cores(path="/proc/cpuinfo"):
+    """Physical cores (distinct physical id/core id pairs), else os.cpu_count()."""
+    _, cores = _cpuinfo(path)
+    return len(cores) or os.cpu_count() or 1
+
+
 def _torch():
     """The torch module if it imports, else None (torch is optional)."""
     try:
@@ -115,9 +160,11 @@ def peak_extra_mb(fn):
         _set_mmap_threshold(TIMING_MMAP_THRESHOLD)
 
 
-def _row(section, case, impl, seconds, rate=None, unit="", ratio=None, vs="", peak=None):
-    return {"section": section, "case": case, "impl": impl, "ms": seconds * 1e3, "rate": rate,
-            "unit": unit, "ratio": ratio, "vs": vs, "peak_mb": peak}
+def _row(section, about, case, impl, seconds, baseline, speedup, rate=None, unit="", peak=None):
+    """One timing. about: what the section's cases share (its table's title);
+    speedup = baseline's time / this time: how many times faster than baseline."""
+    return {"section": section, "about": about, "case": case, "impl": impl, "ms": seconds * 1e3, "rate": rate,
+            "unit": unit, "speedup": speedup, "baseline": baseline, "peak_mb": peak}
 
 
 # --------------------------------------------------------------- attention
@@ -151,13 +198,13 @@ def bench_attention(quick, torch):
                 return qq.grad, kk.grad, vv.grad
 
             impls["torch sdpa"] = (t_fwd, t_fwdbwd)
-        base = "torch sdpa" if torch is not None else "numpy"
         for which, section in ((0, "attention fwd"), (1, "attention fwd+bwd")):
             times = {name: time_call(fns[which], repeats) for name, fns in impls.items()}
             peaks = {name: peak_extra_mb(fns[which]) for name, fns in impls.items()}  # after all timings
             for name in impls:
-                rows.append(_row(section, f"T={T}", name, times[name], ratio=times[name] / times[base],
-                                 vs=base, peak=peaks[name]))
+                # the NumPy reference is the baseline: it is there with or without torch
+                rows.append(_row(section, f"B={B}, {H} heads, head size {D}, float32", f"T={T}", name,
+                                 times[name], "numpy", times["numpy"] / times[name], peak=peaks[name]))
     return rows
 
 
@@ -190,8 +237,10 @@ def bench_int_matmul(quick, torch):
             lin = torch.nn.Linear(Kd, N, bias=False)
             with torch.no_grad():
                 lin.weight.copy_(torch.from_numpy(w.T.copy()))
-            qlin = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear},
-                                                          dtype=torch.qint8)
+            with warnings.catch_warnings():  # torch's notice that its quantized tensors are deprecated
+                warnings.filterwarnings("ignore", message=".*quantize_per_tensor", category=UserWarning)
+                qlin = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear},
+                                                              dtype=torch.qint8)
             tx = torch.from_numpy(x)
 
             def t_q(m=qlin, tx=tx):
@@ -202,8 +251,9 @@ def bench_int_matmul(quick, torch):
         times = {name: time_call(fn, repeats) for name, fn in impls.items()}
         ops = 2.0 * M * Kd * N
         for name in impls:
-            rows.append(_row("int matmul", f"{label} (M={M})", name, times[name], rate=ops / times[name] / 1e9,
-                             unit="GOPS", ratio=times["numpy float32 @"] / times[name], vs="speed-up over float32"))
+            rows.append(_row("int matmul", "M x K x N, GOPS = 2 M K N / time", f"{label} (M={M})", name,
+                             times[name], "numpy float32 @", times["numpy float32 @"] / times[name],
+                             rate=ops / times[name] / 1e9, unit="GOPS"))
     return rows
 
 
@@ -283,10 +333,9 @@ def bench_train_step(quick, torch):
 
         steps["torch eager"] = t_step
     times = {name: time_call(fn, repeats) for name, fn in steps.items()}
-    base = "torch eager" if torch is not None else "minigpt numpy"
-    case = f"base: {cfg.n_layer}L {cfg.n_embd}w T={T} B={B}"
-    return [_row("train step", case, name, t, rate=B * T / t, unit="tok/s", ratio=times[base] / t,
-                 vs=f"speed vs {base}") for name, t in times.items()]
+    about = f"forward, backward, clipping, AdamW; base preset, {cfg.n_layer}L {cfg.n_embd}w T={T} B={B}"
+    return [_row("train step", about, "", name, t, "minigpt numpy",
+                 times["minigpt numpy"] / t, rate=B * T / t, unit="tok/s") for name, t in times.items()]
 
 
 # --------------------------------------------------------------- generation
@@ -302,10 +351,10 @@ def bench_generation(quick, torch):
               "int4 weights": quantize_weights(model, "int4")}
     times = {name: time_call(lambda m=m: m.generate([0], n_new, temperature=0), 1 if quick else 3)
              for name, m in models.items()}
-    case = f"gpt2-small shape (12L 768w, vocab 96), batch 1, {n_new} tokens"
-    return [_row("generate", case, f"{name} ({weight_bytes(m.params) / 2**20:.0f} MB)", times[name],
-                 rate=n_new / times[name], unit="tok/s", ratio=times["float32"] / times[name],
-                 vs="speed vs float32") for name, m in models.items()]
+    about = f"GPT-2-small shape (12L 768w, vocab 96), KV cache, batch 1, {n_new} tokens"
+    return [_row("generate", about, "", f"{name} ({weight_bytes(m.params) / 2**20:.0f} MB)", times[name], "float32",
+                 times["float32"] / times[name], rate=n_new / times[name], unit="tok/s")
+            for name, m in models.items()]
 
 
 # ------------------------------------------------------------------ driver
@@ -325,7 +374,8 @@ def run_bench(quick=False, sections=("attention", "int_matmul", "train", "genera
     if torch is not None:
         torch.set_num_threads(threads)
     blas = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") or "default"
-    info = {"threads": threads, "blas_threads": blas, "cpus": os.cpu_count(), "numpy": np.__version__, "numba": numba.__version__,
+    info = {"cpu": cpu_model(), "cores": cpu_cores(), "threads": threads, "blas_threads": blas,
+            "numpy": np.__version__, "numba": numba.__version__,
             "torch": None if torch is None else torch.__version__, "quick": quick}
     funcs = {"attention": bench_attention, "int_matmul": bench_int_matmul, "train": bench_train_step,
              "generate": bench_generation}
@@ -338,22 +388,58 @@ def run_bench(quick=False, sections=("attention", "int_matmul", "train", "genera
     return info, rows
 
 
-def format_table(info, rows):
-    head = (f"minigpt bench: {info['threads']} threads (numba{', torch' if info['torch'] else ''}), "
-            f"BLAS threads {info['blas_threads']}, on {info['cpus']} CPUs; numpy {info['numpy']}, numba {info['numba']}, "
-            f"torch {info['torch'] or 'not installed'}; median of repeats, warm-up excluded")
-    lines = [head, ""]
-    fmt = "{:<18} {:<44} {:<26} {:>10} {:>16} {:>7} {:<24} {:>8}"
-    lines.append(fmt.format("section", "case", "impl", "ms", "rate", "ratio", "(ratio means)", "peak MB"))
-    lines.append("-" * 160)
+def _columns(header, rows, right):
+    """Lines of a plain-text table: every column as wide as its widest cell,
+    two spaces between columns; right[i] right-aligns column i (numbers)."""
+    widths = [max(len(str(line[i])) for line in [header, *rows]) for i in range(len(header))]
+
+    def fmt(cells):
+        return "  ".join(str(c).rjust(w) if r else str(c).ljust(w)
+                         for c, w, r in zip(cells, widths, right)).rstrip()
+
+    return [fmt(header), "  ".join("-" * w for w in widths), *(fmt(r) for r in rows)]
+
+
+def _section_table(rows):
+    """One section's rows as a titled table; every speed-up is over the one baseline named in the title."""
+    first = rows[0]
+    baselines = {r["baseline"] for r in rows}
+    assert len(baselines) == 1, f"one baseline per table, got {baselines}"
+    title = (f"{first['section']}: {first['about']}; speed-up = x faster than {first['baseline']} "
+             "(higher is better)")
+    show_case = any(r["case"] for r in rows)
+    show_rate = any(r["rate"] is not None for r in rows)
+    show_peak = any(r["peak_mb"] is not None for r in rows)
+    header = (["case"] if show_case else []) + ["impl", "ms"] + ([first["unit"]] if show_rate else []) \
+        + ["speed-up"] + (["peak MB"] if show_peak else [])
+    right = [False] * show_case + [False, True] + [True] * show_rate + [True] + [True] * show_peak
+    body, last_case = [], None
     for r in rows:
-        rate = f"{r['rate']:,.1f} {r['unit']}" if r["rate"] is not None else ""
-        ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else ""
-        if r["section"].startswith("attention"):
-            ratio = f"{r['ratio']:.2f}"  # time relative to the baseline: lower is better
-        peak = f"{r['peak_mb']:.0f}" if r["peak_mb"] is not None else "-"
-        vs = f"time / {r['vs']}" if r["section"].startswith("attention") else r["vs"]
-        lines.append(fmt.format(r["section"], r["case"], r["impl"], f"{r['ms']:.2f}", rate, ratio, vs, peak))
+        line = []
+        if show_case:
+            line.append(r["case"] if r["case"] != last_case else "")  # a case's first row names it
+            last_case = r["case"]
+        line += [r["impl"], f"{r['ms']:.2f}"]
+        if show_rate:
+            line.append(f"{r['rate']:,.1f}" if r["rate"] is not None else "")
+        line.append(f"{r['speedup']:.2f}x")
+        if show_peak:
+            line.append(f"{r['peak_mb']:.0f}" if r["peak_mb"] is not None else "-")
+        body.append(line)
+    return [title, *_columns(header, body, right)]
+
+
+def format_table(info, rows):
+    """The header line (CPU, threads, versions), then one table per section."""
+    torch = info["torch"]
+    head = (f"minigpt bench on {info['cpu']}, {info['cores']} cores; {info['threads']} threads for "
+            f"numba{' and torch' if torch else ''}, BLAS threads {info['blas_threads']}; numpy {info['numpy']}, "
+            f"numba {info['numba']}, torch {torch or 'not installed'}; median of repeats, warm-up excluded"
+            + ("; --quick" if info.get("quick") else ""))
+    lines = [head]
+    sections = list(dict.fromkeys(r["section"] for r in rows))  # in run order
+    for name in sections:
+        lines += ["", *_section_table([r for r in rows if r["section"] == name])]
     return "\n".join(lines)
 
 
@@ -370,7 +456,8 @@ def register(sub):
     """Add the ``bench`` subcommand to the CLI's subparsers."""
     p = sub.add_parser("bench", help="time the kernels against NumPy (and PyTorch if installed)",
                        description="Attention, integer matmul, a training step and generation, each "
-                                   "implementation timed side by side in one run; prints one table.")
+                                   "implementation timed side by side in one run; prints a table per section, "
+                                   "each as speed-ups over one named baseline.")
     p.add_argument("--quick", action="store_true", help="fewer sizes and repeats (under a minute)")
     p.add_argument("--json", metavar="FILE", help="also write the numbers to FILE as JSON")
     p.set_defaults(func=cmd_bench)

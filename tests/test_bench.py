@@ -1,5 +1,6 @@
 """minigpt bench: the CLI hook, the table and the JSON (timings are not asserted)."""
 import json
+import re
 
 import pytest
 
@@ -21,7 +22,76 @@ def test_int_matmul_section_table_and_json(tmp_path, monkeypatch):
     assert {"numpy float32 @", "numba int8 x int8", "numba int8 weights", "numba int4 weights"} <= impls
     assert all(r["ms"] > 0 and r["rate"] > 0 for r in rows)
     table = bench.format_table(info, rows)
-    assert "threads" in table and "GOPS" in table and len(table.splitlines()) == len(rows) + 4
+    # header line, blank, title, column names, rule, one line per row
+    assert "threads" in table and "GOPS" in table and len(table.splitlines()) == len(rows) + 5
+    _check_table_layout(table)
+
+
+def _tables(text):
+    """The titled tables of format_table's output: [(title, lines)], header line skipped."""
+    blocks = text.split("\n\n")[1:]
+    return [(b.splitlines()[0], b.splitlines()[1:]) for b in blocks]
+
+
+def _check_table_layout(text):
+    """Every table: columns line up under the rule line, one speed-up direction, baseline named."""
+    assert "ratio" not in text and "time /" not in text  # the old mixed directions
+    for title, lines in _tables(text):
+        names, rule, body = lines[0], lines[1], lines[2:]
+        assert set(rule) <= {"-", " "} and body
+        # column spans are the dash runs of the rule; between them every line has spaces
+        spans = [m.span() for m in re.finditer(r"-+", rule)]
+        for line in [names, *body]:
+            assert len(line) <= len(rule), f"{line!r} overflows its table"
+            for (_, end), (start, _) in zip(spans, spans[1:]):
+                assert line[end:start].strip() == "", f"{line!r} crosses a column gap in {title!r}"
+        # the one ratio column: "speed-up", every value N.NNx, over the baseline the title names
+        assert re.search(r"; speed-up = x faster than \S.* \(higher is better\)$", title), title
+        [(start, end)] = [(a, b) for a, b in spans if names[a:b].strip() == "speed-up"]
+        for line in body:
+            assert re.fullmatch(r"\d+\.\d\dx", line[start:end].strip()), line
+
+
+def _fake_rows():
+    """Rows of every section's shape, with long names (no timing: layout only)."""
+    rows = []
+    for section in ("attention fwd", "attention fwd+bwd"):
+        for T in (128, 1024):
+            for impl, ms, peak in (("numpy", 18.1, 16.0), ("numba", 3.2, 4.0), ("torch sdpa", 6.9, None)):
+                rows.append(bench._row(section, "B=16, 4 heads, head size 32, float32", f"T={T}", impl, ms / 1e3,
+                                       "numpy", 18.1 / ms, peak=peak))
+    rows.append(bench._row("int matmul", "GOPS", "gpt2 decode 768x3072 (M=1)", "torch dynamic int8 Linear",
+                           1e-4, "numpy float32 @", 1.27, rate=30.4, unit="GOPS"))
+    about = "GPT-2-small shape (12L 768w, vocab 96), KV cache, batch 1, 64 tokens"
+    for impl, s in (("float32 (325 MB)", 0.68), ("int8 weights (83 MB)", 0.30), ("int4 weights (52 MB)", 0.54)):
+        rows.append(bench._row("generate", about, "", impl, s, "float32", 0.68 / s, rate=64 / s, unit="tok/s"))
+    return rows
+
+
+def test_tables_line_up_and_speak_one_direction():
+    info = {"cpu": "Some CPU (family 6 model 207)", "cores": 2, "threads": 2, "blas_threads": "default",
+            "numpy": "2", "numba": "0.6", "torch": "2.13", "quick": False}
+    text = bench.format_table(info, _fake_rows())
+    assert [t.split(":")[0] for t, _ in _tables(text)] == ["attention fwd", "attention fwd+bwd", "int matmul",
+                                                           "generate"]
+    _check_table_layout(text)
+    gen = dict(_tables(text))[[t for t, _ in _tables(text) if t.startswith("generate")][0]]
+    assert "case" not in gen[0]  # one case per table: it is in the title, not a column
+    assert "x faster than float32" in text and "x faster than numpy float32 @" in text
+
+
+def test_header_names_cpu_model_and_cores(tmp_path):
+    info, _ = bench.run_bench(sections=(), log=None)
+    head = bench.format_table(info, []).splitlines()[0]
+    assert f"{info['cpu']}, {info['cores']} cores" in head and info["cores"] >= 1
+    fake = tmp_path / "cpuinfo"
+    cpu = "model name\t: Fancy  CPU 9000\ncpu family\t: 6\nmodel\t\t: 207\nphysical id\t: 0\ncore id\t: {}\n" \
+          "flags\t\t: fpu avx512_vnni\n"
+    fake.write_text("\n".join(cpu.format(i) for i in range(3)))
+    assert bench.cpu_model(fake) == "Fancy CPU 9000 (family 6 model 207), AVX-512 VNNI"
+    assert bench.cpu_cores(fake) == 3
+    missing = tmp_path / "none"  # no /proc: the platform's name and os.cpu_count()
+    assert bench.cpu_model(missing) and bench.cpu_cores(missing) >= 1
 
 
 def test_peak_memory_sees_a_big_allocation():
