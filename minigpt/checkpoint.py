@@ -41,13 +41,28 @@ class Checkpoint:
         return self.model.tokenizer
 
 
+def _ordinary_mode(path: Path) -> int:
+    """The permission bits open(path, "w") would leave: an existing file keeps
+    its own, a new one gets 0o666 minus the umask. (mkstemp makes its file
+    0o600, which would otherwise survive the rename.)"""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)  # the only portable way to read it is to set it
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def atomic_write(path, write_fn):
     """Call write_fn(file) on a temporary file beside path, then rename it
-    over path: a reader sees the old file or the new one, never half of one."""
+    over path: a reader sees the old file or the new one, never half of one.
+    The file ends up with the permissions an ordinary write would give it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = _ordinary_mode(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             write_fn(f)
             f.flush()
@@ -92,10 +107,31 @@ def save_checkpoint(path, model: GPT, step=0, optimizer=None, train_config=None,
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def load_checkpoint(path, backend=None) -> Checkpoint:
-    path = Path(path)
+_NPZ_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip archive's first bytes (an empty one: the second)
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _check_is_npz(path: Path):
+    """Fail with a plain message unless path is a file that starts like an
+    .npz (zip) or .npy file, so numpy is never asked to guess at it."""
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file"
+                              + (" (a Hugging Face export? `minigpt import-hf` converts one)"
+                                 if (path / "config.json").is_file() else ""))
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if head.startswith(_NPY_MAGIC):
+        raise CheckpointError(f"{path} is a bare .npy array, not a minigpt checkpoint")
+    if not head.startswith(_NPZ_MAGIC):
+        what = "an empty file" if not head else "not an .npz file"
+        raise CheckpointError(f"{path} is not a minigpt checkpoint ({what})")
+
+
+def load_checkpoint(path, backend=None) -> Checkpoint:
+    path = Path(path)
+    _check_is_npz(path)
     try:
         npz = np.load(path, allow_pickle=False)
         if not isinstance(npz, np.lib.npyio.NpzFile):
@@ -104,7 +140,14 @@ def load_checkpoint(path, backend=None) -> Checkpoint:
             arrays = {k: npz[k] for k in npz.files}
     except CheckpointError:
         raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
+    except ValueError as e:
+        if "pickle" in str(e):  # numpy's message would suggest loading it unsafely: never do that
+            raise CheckpointError(f"{path} holds pickled Python objects, so it is not a minigpt "
+                                  f"checkpoint (minigpt never loads pickles)") from None
+        raise CheckpointError(
+            f"{path} is not a readable minigpt checkpoint (truncated or another format: {e})"
+        ) from None
+    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as e:
         raise CheckpointError(
             f"{path} is not a readable minigpt checkpoint (truncated or another format: {e})"
         ) from None

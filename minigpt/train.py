@@ -24,6 +24,7 @@ from .data import Dataset
 from .errors import TrainingDiverged
 from .model import GPT
 from .optim import AdamW, clip_grad_norm, lr_schedule
+from .tokenizer import CharTokenizer
 
 
 @dataclass
@@ -43,6 +44,18 @@ def evaluate(model: GPT, dataset: Dataset, split="val", batch_size=32, max_batch
         total += model.loss(x, y) * y.size
         count += y.size
     return total / count
+
+
+def _eval_line(result: TrainResult, start_step: int, total: int, tokens_per_step: int, elapsed: float,
+               unit: str) -> str:
+    """One log line for the validation just measured: the training loss is the
+    mean over the steps since the previous validation of this run."""
+    step, val = result.val_losses[-1]
+    since = result.val_losses[-2][0] if len(result.val_losses) > 1 else 0
+    recent = [loss for s, loss in result.train_losses if s > max(since, start_step)]
+    rate = (step - start_step) * tokens_per_step / elapsed if elapsed > 0 else 0.0
+    return (f"step {step}/{total}: train loss {sum(recent) / len(recent):.4f}, val loss {val:.4f} "
+            f"({val / math.log(2):.3f} bits/{unit}), {rate:,.0f} tokens/s, {elapsed:.1f} s")
 
 
 class _StopFlag:
@@ -67,13 +80,29 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self._old)
 
 
+def warm_up_kernels(model: GPT, verbose=True) -> float:
+    """Compile (or load from numba's cache) the kernels model's backend uses,
+    so that the training clock, tokens/s and the ETA never include it.
+    Returns the seconds it took (0 for the NumPy backend)."""
+    if model.backend != "numba":
+        return 0.0
+    from . import kernels
+
+    if not hasattr(kernels, "warm_up"):  # older kernels package: they compile on first use instead
+        return 0.0
+    return kernels.warm_up(model.config.dtype, verbose=verbose)
+
+
 def train(model: GPT, dataset: Dataset, tcfg: TrainConfig, out=None, resume: Checkpoint | None = None,
-          progress=True, callback=None, extra_meta=None) -> TrainResult:
+          progress=True, callback=None, extra_meta=None, log=None) -> TrainResult:
     """Train model in place for tcfg.steps steps in total.
 
     out: checkpoint path, written every tcfg.checkpoint_every steps, at the
     end and on Ctrl-C. resume: a loaded Checkpoint to continue from (its
     model must be `model`). callback(step, loss) -> True stops after that step.
+    log(line): called with one line per validation (step, mean training loss
+    since the previous one, validation loss, tokens/s), e.g. print, for runs
+    without a progress bar.
     """
     opt = AdamW(model.params, lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2), eps=tcfg.eps,
                 weight_decay=tcfg.weight_decay)
@@ -100,6 +129,10 @@ def train(model: GPT, dataset: Dataset, tcfg: TrainConfig, out=None, resume: Che
         saved["step"] = step
 
     tokens_per_step = tcfg.batch_size * dataset.block_size
+    unit = "char" if isinstance(model.tokenizer, CharTokenizer) else "token"
+    # kernel compilation happens here, before the clock starts and the bar is
+    # drawn, so it counts in neither tokens/s nor the bar's rate and ETA
+    warm_up_kernels(model, verbose=True)
     start_step, t0 = result.step, time.perf_counter()
     bar = tqdm(total=tcfg.steps, initial=start_step, disable=not progress, unit="step",
                dynamic_ncols=True, leave=True)
@@ -132,6 +165,8 @@ def train(model: GPT, dataset: Dataset, tcfg: TrainConfig, out=None, resume: Che
                     val = evaluate(model, dataset, "val", tcfg.batch_size, tcfg.eval_batches)
                     model.training = True
                     result.val_losses.append((done, val))
+                    if log is not None:
+                        log(_eval_line(result, start_step, tcfg.steps, tokens_per_step, elapsed, unit))
                 if result.val_losses:
                     postfix["val"] = f"{result.val_losses[-1][1]:.3f}"
                 bar.set_postfix(postfix, refresh=False)

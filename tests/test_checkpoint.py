@@ -1,5 +1,7 @@
 """Checkpoints: exact round trip, atomic writes, and a clear error for every bad file."""
 import json
+import os
+import stat
 import zipfile
 
 import numpy as np
@@ -61,8 +63,15 @@ def test_truncated_file(tmp_path, model):
 def test_foreign_files(tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("hello, not a checkpoint")
-    with pytest.raises(CheckpointError, match="truncated or another format"):
+    with pytest.raises(CheckpointError, match="notes.txt is not a minigpt checkpoint") as err:
         load_checkpoint(text)
+    assert "pickle" not in str(err.value)  # numpy's "load it unsafely" advice never reaches the user
+    empty = tmp_path / "empty.npz"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty file"):
+        load_checkpoint(empty)
+    with pytest.raises(CheckpointError, match="is a directory"):
+        load_checkpoint(tmp_path)
     other = tmp_path / "other.npz"
     np.savez(other, weights=np.zeros(3))
     with pytest.raises(CheckpointError, match="not a minigpt checkpoint"):
@@ -78,8 +87,9 @@ def test_foreign_files(tmp_path):
 def test_pickled_arrays_are_refused(tmp_path):
     path = tmp_path / "pickled.npz"
     np.savez(path, **{META_KEY: np.array([{"evil": 1}], dtype=object)})
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match="pickled Python objects.*never loads pickles") as err:
         load_checkpoint(path)
+    assert "allow_pickle" not in str(err.value)
 
 
 def _rewrite(src, dst, change_meta=None, change_arrays=None):
@@ -135,3 +145,34 @@ def test_checkpoint_is_a_zip_of_npy_members(tmp_path, model):
     model.save(path)
     with zipfile.ZipFile(path) as z:
         assert all(n.endswith(".npy") for n in z.namelist())
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test, then restore it."""
+    old = os.umask(0o022)
+    yield os.umask
+    os.umask(old)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
+def test_written_files_get_the_umask_permissions(tmp_path, model, umask, mask):
+    from minigpt.hf import export_hf
+
+    umask(mask)
+    path = tmp_path / "m.npz"
+    model.save(path)
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")  # what an ordinary write gives
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o666 & ~mask
+    files = export_hf(model, tmp_path / "hf")
+    assert {stat.S_IMODE(f.stat().st_mode) for f in files} == {0o666 & ~mask}  # model.safetensors too
+
+
+def test_rewriting_keeps_an_existing_files_mode(tmp_path, model, umask):
+    path = tmp_path / "m.npz"
+    model.save(path)
+    path.chmod(0o640)
+    model.save(path, step=2)  # like open(path, "w"), a rewrite keeps the file's mode
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert load_checkpoint(path).step == 2

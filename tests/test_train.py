@@ -129,3 +129,35 @@ def test_adamw_matches_formula_and_skips_decay_on_vectors():
     opt.step({"w": gw, "b": gb})
     upd = (m / (1 - 0.9**2)) / (np.sqrt(v / (1 - 0.99**2)) + 1e-8) + 0.5 * w1
     assert w == pytest.approx(w1 - 0.1 * upd)
+
+
+def test_log_gets_one_line_per_validation_with_measured_numbers():
+    tok, cfg, ds, tcfg = _setup(dropout=0.0)
+    lines = []
+    result = train(GPT(cfg, seed=0, tokenizer=tok), ds, tcfg, progress=False, log=lines.append)
+    assert [line.split(":")[0] for line in lines] == ["step 4/12", "step 8/12", "step 12/12"]
+    # the training loss logged is the mean over the steps since the previous validation
+    mean_5_to_8 = np.mean([loss for step, loss in result.train_losses if 4 < step <= 8])
+    assert f"train loss {mean_5_to_8:.4f}, val loss {result.val_losses[1][1]:.4f}" in lines[1]
+
+
+def test_kernel_warm_up_runs_before_the_clock_starts(monkeypatch):
+    import importlib
+    import types
+
+    import minigpt.kernels
+
+    train_module = importlib.import_module("minigpt.train")  # the module, not the function minigpt.train
+
+    events = []
+    monkeypatch.setattr(minigpt.kernels, "warm_up",
+                        lambda dtype, verbose=True: events.append(("warm_up", dtype)) or 0.0, raising=False)
+    clock = types.SimpleNamespace(perf_counter=lambda: events.append("clock") or float(len(events)))
+    monkeypatch.setattr(train_module, "time", clock)
+    tok, cfg, ds, tcfg = _setup(dropout=0.0)
+    tcfg = tcfg.replace(steps=2)
+    train(GPT(cfg, seed=0, tokenizer=tok, backend="numba"), ds, tcfg, progress=False)
+    assert events[0] == ("warm_up", "float32") and events.count(("warm_up", "float32")) == 1
+    events.clear()
+    train(GPT(cfg, seed=0, tokenizer=tok, backend="numpy"), ds, tcfg, progress=False)
+    assert "clock" in events and not any(isinstance(e, tuple) for e in events)  # NumPy: nothing to compile
