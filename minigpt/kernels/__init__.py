@@ -23,3 +23,4 @@ from .gelu import gelu_backward, gelu_forward  # noqa: E402
 from .layernorm import layernorm_backward, layernorm_forward  # noqa: E402
 
 OP_OVERRIDES["numba"] = {"gelu": (gelu_forward, gelu_backward), "layernorm": (layernorm_forward, layernorm_backward)}
+from .warmup import warm_up  # noqa: E402,F401  (compile a dtype's kernels before a clock starts)

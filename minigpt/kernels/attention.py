@@ -215,8 +215,13 @@ def _backward_kernel(q, k, v, out, lse, dout, scale, dq, dk, dv):
                 acc = (a0, a1, a2, a3)
                 for r in range(min(ROWS, T_q - i0)):
                     dq[b, h, i0 + r, d] = acc[r]
-        dk[b, h] = dkT.T
-        dv[b, h] = dvT.T
+        # Element by element: `dk[b, h] = dkT.T` makes numba compile the
+        # shape-mismatch error message (its string formatting), 4 of the
+        # 26 s a cold first run spent compiling the six float32 kernels.
+        for j in range(T_k):
+            for d in range(D):
+                dk[b, h, j, d] = dkT[d, j]
+                dv[b, h, j, d] = dvT[d, j]
 
 
 def _check(q, k, v):
