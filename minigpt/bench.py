@@ -361,7 +361,10 @@ def bench_generation(quick, torch):
 def run_bench(quick=False, sections=("attention", "int_matmul", "train", "generate"), log=sys.stderr):
     import numba
 
-    from . import kernels  # noqa: F401  (sets OMP_WAIT_POLICY=PASSIVE before torch's OpenMP starts)
+    from . import kernels  # sets OMP_WAIT_POLICY=PASSIVE before torch's OpenMP starts
+
+    if log is not None and {"attention", "train"} & set(sections):
+        kernels.warm_up("float32")  # a cold numba cache compiles here, announced, not in a silent first row
 
     # Three thread pools share the cores here: numba's and torch's OpenMP
     # and NumPy's BLAS. OpenMP workers that spin after their loop keep the
