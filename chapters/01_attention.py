@@ -19,15 +19,13 @@
 # %%
 import math
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
 import minigpt.kernels  # noqa: F401  (registers the compiled attention backends)
 from minigpt.layers import causal_attention_forward, layernorm_forward, linear_forward, softmax
-from minigpt.layers.attention import ATTENTION_BACKENDS, split_heads
+from minigpt.layers.attention import split_heads
+from minigpt.ops import BACKENDS, op_table
 from minigpt.pretrained import fast_mode, trained_model
 from minigpt.probes import attention_maps
 from minigpt.tour import save_figure
@@ -258,9 +256,10 @@ assert kv_row_diff < 1e-12  # float64, same sums in the same order
 # ## Reference, kernels and formula agree
 #
 # The NumPy reference in `minigpt.layers.attention` is the definition. Other
-# kernels (the numba one, for speed) register themselves in
-# `ATTENTION_BACKENDS` when `minigpt.kernels` is imported. We check every
-# registered backend against the formula typed out directly, in float64 and
+# kernels (the numba one, for speed) are listed in the op table,
+# `minigpt.ops.op_table(backend)`, which says which function computes each op
+# for each backend in `minigpt.ops.BACKENDS`. We check every backend's
+# attention against the formula typed out directly, in float64 and
 # float32, on sizes that are not multiples of anything (odd $T$, 3 heads).
 # The error we accept follows from the dtype: a sum of $T$ products in
 # float32 carries relative rounding of a few $\times 10^{-7}$.
@@ -270,7 +269,8 @@ B, H, T, D = 2, 3, 37, 16
 mask = np.where(np.arange(T)[None, :] > np.arange(T)[:, None], -np.inf, 0.0)  # (T, T)
 backend_max_diff = {}
 print(f"{'backend':>10} {'float64':>10} {'float32':>10}")
-for name, (fwd, _) in sorted(ATTENTION_BACKENDS.items()):
+for name in BACKENDS:
+    fwd, _ = op_table(name)["attention"]
     diffs = []
     for dtype in (np.float64, np.float32):
         q, k, v = (rng.standard_normal((B, H, T, D)).astype(dtype) for _ in range(3))
@@ -334,14 +334,17 @@ print(f"layer {len(maps) - 1}: weight on spaces per head {np.round(space_weights
 
 labels = [repr(c)[1:-1] if c != " " else "\u2423" for c in line]
 fig, ax = plt.subplots(1, 2, figsize=(11, 5.2), layout="constrained")
-for a, m, title in ((ax[0], maps[0][h0], f"layer 0, head {h0}: previous-character head"),
-                    (ax[1], maps[-1][h1], f"layer {len(maps) - 1}, head {h1}: attends to spaces")):
+# a fast run's 30-step model has no such specialists yet: its titles say only how each head was picked
+roles = ("most weight on the previous character", "most weight on spaces") if FAST else (
+    "previous-character head", "attends to spaces")
+for a, m, title in ((ax[0], maps[0][h0], f"layer 0, head {h0}: {roles[0]}"),
+                    (ax[1], maps[-1][h1], f"layer {len(maps) - 1}, head {h1}: {roles[1]}")):
     im = a.imshow(m, cmap="viridis", vmin=0, vmax=1)
     a.set_xticks(pos, labels, fontsize=7, family="monospace")
     a.set_yticks(pos, labels, fontsize=7, family="monospace")
     a.set(xlabel="key position j (attended to)", ylabel="query position i", title=title)
 fig.colorbar(im, ax=ax, shrink=0.7, label=r"$P_{ij}$")
-fig.suptitle(f"Attention of the trained tiny model on {line!r}")
+fig.suptitle(f"Attention of the trained tiny model on {line!r}" + (f" (fast mode: {ckpt.step} steps)" if FAST else ""))
 save_figure(fig, "01_attention_maps")
 
 # %% [markdown]

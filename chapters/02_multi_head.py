@@ -18,9 +18,6 @@
 #    contributes to the loss.
 
 # %%
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -102,7 +99,7 @@ Wo, bo = P["h.0.attn.c_proj.weight"], P["h.0.attn.c_proj.bias"]  # (C, C), (C,)
 # the model's way: one product, then split and reshape into heads
 qkv, _ = linear_forward(a, W, b)  # (1, T, 3C)
 q_m, k_m, v_m = (split_heads(t, H) for t in np.split(qkv, 3, axis=-1))  # (1, H, T, D)
-concat_m, _ = multihead_attention_forward(qkv, H, backend="numpy")  # (1, T, C)
+concat_m, _ = multihead_attention_forward(qkv, H)  # (1, T, C)
 mha_m, _ = linear_forward(concat_m, Wo, bo)  # (1, T, C)
 
 # the formula's way: one head at a time, from slices of the weight
@@ -248,7 +245,7 @@ save_figure(fig, "02_multi_head_cost")
 maps = attention_maps(model, ids[0])  # n_layer arrays (H, T, T)
 labels = [c if c != " " else "\u2423" for c in line]
 pos = np.arange(T)
-fig, axes = plt.subplots(cfg.n_layer, H, figsize=(3.1 * H, 3.3 * cfg.n_layer), layout="constrained")
+fig, axes = plt.subplots(cfg.n_layer, H, figsize=(3.1 * H, 3.6 * cfg.n_layer), layout="constrained")
 axes = np.atleast_2d(axes)
 for l in range(cfg.n_layer):
     for h in range(H):
@@ -257,10 +254,18 @@ for l in range(cfg.n_layer):
         a_.set_title(f"layer {l}, head {h}", fontsize=9)
         # characters on the outer axes only, to keep the panels readable
         a_.set_xticks(pos, labels if l == cfg.n_layer - 1 else [], fontsize=5, family="monospace")
-        a_.set_yticks(pos, labels if h == 0 else [], fontsize=5, family="monospace")
+        a_.set_yticks(pos, labels if h == 0 else [], fontsize=6, family="monospace")
         a_.tick_params(length=1)
+        if h == 0:
+            # rows are closer together than a character is tall: every other
+            # label moves one column left, so neighbours do not overlap
+            for tick in a_.yaxis.get_major_ticks()[1::2]:
+                tick.set_pad(8)
+            a_.set_ylabel("query i (predicts the next character)", fontsize=8)
+        if l == cfg.n_layer - 1:
+            a_.set_xlabel("key j (attended to)", fontsize=8)
 fig.colorbar(im, ax=axes, shrink=0.6, label=r"$P_{ij}$")
-fig.suptitle(f"Every head of the trained tiny model on {line!r}  (rows: query i, columns: key j)")
+fig.suptitle(f"Every head of the trained tiny model on {line!r}" + (f" (fast mode: {ckpt.step} steps)" if FAST else ""))
 save_figure(fig, "02_multi_head")
 
 # %% [markdown]

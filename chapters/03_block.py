@@ -23,9 +23,6 @@
 # %%
 import math
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -45,6 +42,7 @@ from minigpt.layers import (
     multihead_attention_backward,
     multihead_attention_forward,
 )
+from minigpt.layers.block import block_backward, block_forward
 from minigpt.model import GPT, init_params, param_shapes
 from minigpt.pretrained import fast_mode, trained_model
 from minigpt.tour import save_figure
@@ -69,7 +67,10 @@ rng = np.random.default_rng(0)
 #   only place where positions talk);
 # * no normalisation and no residual *inside* it: those belong to the block.
 #
-# We write the FFN with minigpt's layers, and the GPT-2 block around it:
+# We write the FFN with minigpt's layers. The GPT-2 block around it is
+# itself a forward/backward pair in the library, `block_forward` /
+# `block_backward` (`minigpt/layers/block.py`), the very function
+# `GPT.forward` loops over; its docstring holds the block's two-line formula:
 
 # %%
 def ffn_forward(x, P, h):
@@ -80,20 +81,18 @@ def ffn_forward(x, P, h):
     return out
 
 
-def block_forward_inference(x, P, h, n_head):
-    """GPT-2's pre-LN block: x + Attn(LN1(x)), then + FFN(LN2(x)). x (B, T, C)."""
-    a, _ = layernorm_forward(x, P[h + "ln_1.weight"], P[h + "ln_1.bias"])
-    a, _ = linear_forward(a, P[h + "attn.c_attn.weight"], P[h + "attn.c_attn.bias"])  # (B, T, 3C)
-    a, _ = multihead_attention_forward(a, n_head, backend="numpy")  # (B, T, C)
-    a, _ = linear_forward(a, P[h + "attn.c_proj.weight"], P[h + "attn.c_proj.bias"])
-    x = x + a  # residual
-    m, _ = layernorm_forward(x, P[h + "ln_2.weight"], P[h + "ln_2.bias"])
-    return x + ffn_forward(m, P, h)  # residual
+def block_params(P, h):
+    """The parameters of the block with prefix h ("h.1."), under their names inside the block."""
+    return {k[len(h):]: v for k, v in P.items() if k.startswith(h)}
+
+
+help(block_forward)  # minigpt.layers.block: the block the model itself runs
 
 
 # %% [markdown]
-# Running the trained model by hand, block by block, with this FFN, must
-# give the model's own logits:
+# Running the trained model by hand, block by block with `block_forward`,
+# must give the model's own logits, and the block's MLP branch must be our
+# FFN:
 
 # %%
 model, dataset, ckpt = trained_model("tiny")
@@ -103,13 +102,13 @@ ids = tok.encode(line)[None, :]  # (1, T)
 x, _ = embedding_forward(ids, P["wte.weight"], P["wpe.weight"])  # (1, T, C)
 stream = [x]  # the residual stream entering each block, kept for later
 for i in range(cfg.n_layer):
-    x = block_forward_inference(x, P, f"h.{i}.", cfg.n_head)
+    x, _ = block_forward(x, block_params(P, f"h.{i}."), cfg.head_size)  # (1, T, C)
     stream.append(x)
 x, _ = layernorm_forward(x, P["ln_f.weight"], P["ln_f.bias"])
 logits_hand, _ = lm_head_forward(x, P["wte.weight"])  # (1, T, V)
 logits_model, _ = model.forward(ids)
 hand_vs_model = float(np.abs(logits_hand - logits_model).max())
-print(f"logits: by hand with ffn_forward vs model.forward: max diff {hand_vs_model:.1e}")
+print(f"logits: by hand, block by block, vs model.forward: max diff {hand_vs_model:.1e}")
 # float32 throughout, summation orders differ: ~1e-6 on logits of size ~10
 assert hand_vs_model < 1e-4
 
@@ -234,56 +233,42 @@ assert ln_mean_err < 1e-5 and ln_var_err < 1e-3
 # Post-LN renormalises the stream after every sublayer; it is known to need
 # a careful learning-rate warm-up to train deep models.
 #
-# We build both arrangements from minigpt's forward/backward pairs, with the
-# same GPT-2 initialisation, and measure at initialisation (random tokens and
-# targets) the size of the stream entering each block and the gradient norm
-# of each block's parameters.
+# We run both arrangements with the same GPT-2 initialisation: pre-LN is the
+# library's `block_forward`/`block_backward`; post-LN is written out below
+# from the same layer pairs (only the LayerNorms move). We measure, at
+# initialisation (random tokens and targets), the size of the stream entering
+# each block and the gradient norm of each block's parameters.
 
 # %%
-def block_forward(x, P, h, n_head, arrangement):
-    """One block, 'pre' (GPT-2) or 'post' LayerNorm; returns (x, cache)."""
+def post_ln_block_forward(x, p, n_head):
+    """The post-LN block: x = LN_1(x + Attn(x)), then x = LN_2(x + FFN(x)).
+    p: the block's parameters (names inside the block); returns (x, cache)."""
     c = {}
-    a = x
-    if arrangement == "pre":
-        a, c["ln_1"] = layernorm_forward(x, P[h + "ln_1.weight"], P[h + "ln_1.bias"])
-    a, c["c_attn"] = linear_forward(a, P[h + "attn.c_attn.weight"], P[h + "attn.c_attn.bias"])
-    a, c["attn"] = multihead_attention_forward(a, n_head, backend="numpy")
-    a, c["attn.c_proj"] = linear_forward(a, P[h + "attn.c_proj.weight"], P[h + "attn.c_proj.bias"])
-    x = x + a  # (B, T, C)
-    if arrangement == "post":
-        x, c["ln_1"] = layernorm_forward(x, P[h + "ln_1.weight"], P[h + "ln_1.bias"])
-    m = x
-    if arrangement == "pre":
-        m, c["ln_2"] = layernorm_forward(x, P[h + "ln_2.weight"], P[h + "ln_2.bias"])
-    m, c["c_fc"] = linear_forward(m, P[h + "mlp.c_fc.weight"], P[h + "mlp.c_fc.bias"])  # (B, T, 4C)
-    m, c["gelu"] = gelu_forward(m)
-    m, c["mlp.c_proj"] = linear_forward(m, P[h + "mlp.c_proj.weight"], P[h + "mlp.c_proj.bias"])
-    x = x + m
-    if arrangement == "post":
-        x, c["ln_2"] = layernorm_forward(x, P[h + "ln_2.weight"], P[h + "ln_2.bias"])
+    a, c["attn.c_attn"] = linear_forward(x, p["attn.c_attn.weight"], p["attn.c_attn.bias"])  # (B, T, 3C)
+    a, c["attn"] = multihead_attention_forward(a, n_head)
+    a, c["attn.c_proj"] = linear_forward(a, p["attn.c_proj.weight"], p["attn.c_proj.bias"])
+    x, c["ln_1"] = layernorm_forward(x + a, p["ln_1.weight"], p["ln_1.bias"])  # (B, T, C)
+    m, c["mlp.c_fc"] = linear_forward(x, p["mlp.c_fc.weight"], p["mlp.c_fc.bias"])  # (B, T, 4C)
+    m, c["mlp.gelu"] = gelu_forward(m)
+    m, c["mlp.c_proj"] = linear_forward(m, p["mlp.c_proj.weight"], p["mlp.c_proj.bias"])
+    x, c["ln_2"] = layernorm_forward(x + m, p["ln_2.weight"], p["ln_2.bias"])
     return x, c
 
 
-def block_backward(dx, c, h, arrangement):
-    """Reverse of block_forward: returns (dx, grads of this block's parameters)."""
+def post_ln_block_backward(dx, c):
+    """Reverse of post_ln_block_forward: returns (dx, grads of the block's parameters)."""
     g = {}
-    if arrangement == "post":  # x = LN_2(x + m)
-        dx, g[h + "ln_2.weight"], g[h + "ln_2.bias"] = layernorm_backward(dx, c["ln_2"])
-    # x = x + m: dx flows on unchanged and into the MLP branch
-    dm, g[h + "mlp.c_proj.weight"], g[h + "mlp.c_proj.bias"] = linear_backward(dx, c["mlp.c_proj"])
-    dm = gelu_backward(dm, c["gelu"])
-    dm, g[h + "mlp.c_fc.weight"], g[h + "mlp.c_fc.bias"] = linear_backward(dm, c["c_fc"])
-    if arrangement == "pre":  # m = LN_2(x)
-        dm, g[h + "ln_2.weight"], g[h + "ln_2.bias"] = layernorm_backward(dm, c["ln_2"])
+    # x = LN_2(x + m): through the LayerNorm first, then both paths of the sum
+    dx, g["ln_2.weight"], g["ln_2.bias"] = layernorm_backward(dx, c["ln_2"])
+    dm, g["mlp.c_proj.weight"], g["mlp.c_proj.bias"] = linear_backward(dx, c["mlp.c_proj"])
+    dm = gelu_backward(dm, c["mlp.gelu"])
+    dm, g["mlp.c_fc.weight"], g["mlp.c_fc.bias"] = linear_backward(dm, c["mlp.c_fc"])
     dx = dx + dm
-    if arrangement == "post":  # x = LN_1(x + a)
-        dx, g[h + "ln_1.weight"], g[h + "ln_1.bias"] = layernorm_backward(dx, c["ln_1"])
-    # x = x + a
-    da, g[h + "attn.c_proj.weight"], g[h + "attn.c_proj.bias"] = linear_backward(dx, c["attn.c_proj"])
+    # x = LN_1(x + a)
+    dx, g["ln_1.weight"], g["ln_1.bias"] = layernorm_backward(dx, c["ln_1"])
+    da, g["attn.c_proj.weight"], g["attn.c_proj.bias"] = linear_backward(dx, c["attn.c_proj"])
     da = multihead_attention_backward(da, c["attn"])
-    da, g[h + "attn.c_attn.weight"], g[h + "attn.c_attn.bias"] = linear_backward(da, c["c_attn"])
-    if arrangement == "pre":  # a = LN_1(x)
-        da, g[h + "ln_1.weight"], g[h + "ln_1.bias"] = layernorm_backward(da, c["ln_1"])
+    da, g["attn.c_attn.weight"], g["attn.c_attn.bias"] = linear_backward(da, c["attn.c_attn"])
     return dx + da, g
 
 
@@ -293,7 +278,11 @@ def stack_at_init(P, idx, targets, n_layer, n_head, arrangement):
     rms, caches = [], []
     for i in range(n_layer):
         rms.append(float(np.sqrt((x**2).mean())))
-        x, c = block_forward(x, P, f"h.{i}.", n_head, arrangement)
+        p = block_params(P, f"h.{i}.")
+        if arrangement == "pre":  # GPT-2's block, from the library
+            x, c = block_forward(x, p, x.shape[-1] // n_head)
+        else:
+            x, c = post_ln_block_forward(x, p, n_head)
         caches.append(c)
     if arrangement == "pre":  # GPT-2's final LN; post-LN's stream is normalised already
         x, c_f = layernorm_forward(x, P["ln_f.weight"], P["ln_f.bias"])
@@ -304,7 +293,10 @@ def stack_at_init(P, idx, targets, n_layer, n_head, arrangement):
         dx, _, _ = layernorm_backward(dx, c_f)
     grad_norm = [0.0] * n_layer
     for i in reversed(range(n_layer)):
-        dx, g = block_backward(dx, caches[i], f"h.{i}.", arrangement)
+        if arrangement == "pre":
+            dx, g = block_backward(dx, caches[i])
+        else:
+            dx, g = post_ln_block_backward(dx, caches[i])
         grad_norm[i] = float(np.sqrt(sum((v**2).sum() for v in g.values())))
     return float(loss), np.array(rms), np.array(grad_norm)
 

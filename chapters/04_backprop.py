@@ -22,9 +22,6 @@
 # $\bar x$ for each input: a vector-Jacobian product, never the Jacobian itself.
 
 # %%
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -52,7 +49,7 @@ from minigpt.layers import (
     residual_forward,
     softmax,
 )
-from minigpt.layers.attention import ATTENTION_BACKENDS
+from minigpt.ops import BACKENDS, kernel_pairs, op_table
 from minigpt.model import GPT
 from minigpt.pretrained import fast_mode
 from minigpt.tour import save_figure
@@ -268,8 +265,14 @@ OPS = {
                 [randn(B, T, C)], ["x"]),
 }
 qkv_heads = [randn(B, H, T, D) for _ in range(3)]
-for backend, (attn_fwd, attn_bwd) in ATTENTION_BACKENDS.items():
+# every backend's attention, and every compiled kernel's backward (minigpt.ops)
+for backend in BACKENDS:
+    attn_fwd, attn_bwd = op_table(backend)["attention"]
     OPS[f"attention [{backend}]"] = (attn_fwd, attn_bwd, qkv_heads, ["q", "k", "v"])
+for backend, op, (kernel_fwd, kernel_bwd) in kernel_pairs():
+    if op != "attention":
+        name, (_, _, inputs, input_names) = f"{op} [{backend}]", OPS[op]
+        OPS[name] = (kernel_fwd, kernel_bwd, inputs, input_names)
 op_errors = {}
 for name, (fwd, bwd, inputs, input_names) in OPS.items():
     errs = check_op(fwd, bwd, inputs)
@@ -339,9 +342,9 @@ for name, p in model.params.items():
 idx = rng.integers(0, cfg.vocab_size, size=(2, cfg.block_size))
 targets = rng.integers(0, cfg.vocab_size, size=(2, cfg.block_size))
 _, loss = model.forward(idx, targets)
-# The forward's caches, in the order it stored them (a private attribute:
-# the model keeps them only until backward() consumes them).
-cache_order = list(model._caches)
+# The forward's caches, in the order it stored them (each block keeps its
+# own, named after the parameters they belong to).
+cache_order = model.cache_names()
 print(f"attention backend: {model.backend}")
 print(f"loss = {loss:.4f}; forward stored {len(cache_order)} caches, in order:")
 print("  " + " -> ".join(cache_order))

@@ -13,7 +13,7 @@ import os as _os
 # Read when OpenBLAS loads, so only effective if numpy is not imported yet.
 _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, save_checkpoint
 from .config import PRESETS, GPTConfig, TrainConfig, preset
 from .data import Dataset, load_corpus
 from .errors import (
@@ -24,7 +24,7 @@ from .errors import (
     TokenizerError,
     TrainingDiverged,
 )
-from .model import GPT, KVCache
+from .model import GPT, KVCache, load_checkpoint
 from .tokenizer import CharTokenizer
 from .train import TrainResult, evaluate, train
 

@@ -341,14 +341,14 @@ def bench_train_step(quick, torch):
 # --------------------------------------------------------------- generation
 def bench_generation(quick, torch):
     from .config import GPTConfig
-    from .kernels.qweights import quantize_weights, weight_bytes
+    from .quant import quantize_model, weight_bytes
     from .model import GPT
 
     cfg = GPTConfig(vocab_size=96, block_size=256, n_layer=12, n_head=12, n_embd=768)
     n_new = 16 if quick else 64
     model = GPT(cfg, seed=0)
-    models = {"float32": model, "int8 weights": quantize_weights(model, "int8"),
-              "int4 weights": quantize_weights(model, "int4")}
+    models = {"float32": model, "int8 weights": quantize_model(model, "int8"),
+              "int4 weights": quantize_model(model, "int4")}
     times = {name: time_call(lambda m=m: m.generate([0], n_new, temperature=0), 1 if quick else 3)
              for name, m in models.items()}
     about = f"GPT-2-small shape (12L 768w, vocab 96), KV cache, batch 1, {n_new} tokens"

@@ -19,7 +19,6 @@ import numpy as np
 
 from .config import GPTConfig, TrainConfig
 from .errors import CheckpointError, MinigptError
-from .model import GPT, param_shapes
 from .tokenizer import CharTokenizer
 
 FORMAT = "minigpt-checkpoint"
@@ -29,7 +28,9 @@ META_KEY = "__meta__"
 
 @dataclass
 class Checkpoint:
-    model: GPT
+    """A loaded checkpoint (minigpt.model.load_checkpoint builds the model)."""
+
+    model: object  # a minigpt.model.GPT (not imported here: the model imports this module)
     step: int = 0
     train_config: TrainConfig | None = None
     optimizer_state: dict | None = None  # {"t": int, "arrays": {...}}
@@ -83,7 +84,20 @@ def _tokenizer_from_meta(meta: dict):
     return ByteLevelBPE.from_meta(meta)
 
 
-def save_checkpoint(path, model: GPT, step=0, optimizer=None, train_config=None,
+@dataclass
+class CheckpointFile:
+    """What a checkpoint file holds, checked as a file (format, version,
+    metadata, tokenizer); the parameters are checked against the model's
+    shape rules by minigpt.model.load_checkpoint, which builds the GPT."""
+
+    config: GPTConfig
+    tokenizer: object
+    params: dict
+    optimizer_arrays: dict
+    meta: dict
+
+
+def save_checkpoint(path, model, step=0, optimizer=None, train_config=None,
                     rng_state=None, extra=None):
     meta = {
         "format": FORMAT,
@@ -101,6 +115,11 @@ def save_checkpoint(path, model: GPT, step=0, optimizer=None, train_config=None,
         **(extra or {}),
     }
     arrays = dict(model.params)
+    for name, a in arrays.items():  # np.savez would pickle anything else, and no loader takes pickles
+        if not isinstance(a, np.ndarray) or a.dtype == object:
+            raise CheckpointError(f"cannot save parameter {name}: it is a {type(a).__name__}"
+                                  f"{' of objects' if isinstance(a, np.ndarray) else ''}, and a checkpoint "
+                                  f"holds only plain numeric arrays (no pickles)")
     if optimizer is not None:
         arrays.update(optimizer.state_arrays())
     arrays[META_KEY] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
@@ -129,7 +148,8 @@ def _check_is_npz(path: Path):
         raise CheckpointError(f"{path} is not a minigpt checkpoint ({what})")
 
 
-def load_checkpoint(path, backend=None) -> Checkpoint:
+def read_checkpoint(path) -> CheckpointFile:
+    """Read and check a checkpoint file (see CheckpointFile)."""
     path = Path(path)
     _check_is_npz(path)
     try:
@@ -178,39 +198,26 @@ def load_checkpoint(path, backend=None) -> Checkpoint:
             f"{path}: vocabulary has {tokenizer.vocab_size} characters but config.vocab_size={config.vocab_size}"
         )
 
-    expected = param_shapes(config)
-    missing = [k for k in expected if k not in arrays]
-    if missing:
-        raise CheckpointError(f"{path}: missing parameters {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    unknown = [k for k in arrays if k not in expected and not k.startswith("optimizer.")]
-    if unknown:
-        raise CheckpointError(f"{path}: unexpected arrays {unknown[:5]}")
-    params = {}
-    for name, shape in expected.items():
-        a = arrays[name]
-        if a.shape != shape:
-            raise CheckpointError(
-                f"{path}: parameter {name} has shape {a.shape}, but the config needs {shape}"
-            )
-        if a.dtype != np.dtype(config.dtype):
-            raise CheckpointError(f"{path}: parameter {name} is {a.dtype}, config says {config.dtype}")
-        params[name] = np.array(a)  # own, writeable copy
+    params = {k: np.array(a) for k, a in arrays.items() if not k.startswith("optimizer.")}  # own, writeable
+    opt_arrays = {k: a for k, a in arrays.items() if k.startswith("optimizer.")}
+    return CheckpointFile(config=config, tokenizer=tokenizer, params=params, optimizer_arrays=opt_arrays, meta=meta)
 
-    model = GPT(config, params=params, backend=backend, tokenizer=tokenizer)
+
+def checkpoint_state(path, meta: dict, params: dict, optimizer_arrays: dict) -> dict:
+    """The training state of a checkpoint as Checkpoint's keyword arguments
+    (less the model): step, train_config, optimizer_state, rng_state, meta.
+    The optimizer moments must match the parameters' shapes."""
     rng_state = dict(meta.get("rng_state") or {})
-    if "dropout" in rng_state:
-        model.rng.bit_generator.state = rng_state.pop("dropout")
     opt = None
     if meta.get("optimizer_t") is not None:
-        opt_arrays = {k: v for k, v in arrays.items() if k.startswith("optimizer.")}
-        for name, shape in expected.items():
+        for name, p in params.items():
             for kind in ("m", "v"):
-                a = opt_arrays.get(f"optimizer.{kind}.{name}")
-                if a is None or a.shape != shape:
+                a = optimizer_arrays.get(f"optimizer.{kind}.{name}")
+                if a is None or a.shape != p.shape:
                     raise CheckpointError(f"{path}: optimizer state for {name} is missing or misshapen")
-        opt = {"t": meta["optimizer_t"], "arrays": opt_arrays}
+        opt = {"t": meta["optimizer_t"], "arrays": optimizer_arrays}
     train_config = None
     if meta.get("train_config"):
         train_config = TrainConfig.from_dict(meta["train_config"])
-    return Checkpoint(model=model, step=int(meta.get("step", 0)), train_config=train_config,
-                      optimizer_state=opt, rng_state=rng_state, meta=meta)
+    return dict(step=int(meta.get("step", 0)), train_config=train_config, optimizer_state=opt,
+                rng_state=rng_state, meta=meta)

@@ -147,13 +147,24 @@ def export_hf(model, directory) -> list[Path]:
     from .bpe import ByteLevelBPE
     from .tokenizer import CharTokenizer
 
+    from .model import fold_head_gates, layer_shapes
+
+    cfg = model.config
+    shapes = layer_shapes(model.params, cfg)
+    if any(s != (cfg.n_head, 4 * cfg.n_embd) for s in shapes):
+        odd = [f"h.{i}: {H} heads, MLP {F} wide" for i, (H, F) in enumerate(shapes)
+               if (H, F) != (cfg.n_head, 4 * cfg.n_embd)]
+        raise CheckpointError(
+            f"cannot export to GPT-2's format: its config has one n_head ({cfg.n_head}) and one MLP width "
+            f"({4 * cfg.n_embd}) for every layer, but {'; '.join(odd[:4])}{' ...' if len(odd) > 4 else ''}")
     d = Path(directory)
     if d.exists() and not d.is_dir():
         raise CheckpointError(f"{d} exists and is not a directory")
     d.mkdir(parents=True, exist_ok=True)
     tok = model.tokenizer
     (d / "config.json").write_text(json.dumps(hf_config(model.config, tok), indent=2) + "\n")
-    save_file(to_hf_tensors(model.params), d / WEIGHTS, metadata={"format": "pt"})
+    # GPT-2 has no head gates: a gate scales its head's rows of c_proj, the same function
+    save_file(to_hf_tensors(fold_head_gates(model.params, cfg)), d / WEIGHTS, metadata={"format": "pt"})
     written = [d / "config.json", d / WEIGHTS]
     if isinstance(tok, CharTokenizer):
         (d / CHAR_VOCAB).write_text(json.dumps({"kind": "char", "chars": tok.chars}, ensure_ascii=False))
@@ -269,7 +280,7 @@ def add_import_hf(sub):
 
 
 def cmd_export_hf(args):
-    from .checkpoint import load_checkpoint
+    from .model import load_checkpoint
 
     model = load_checkpoint(args.checkpoint).model
     files = export_hf(model, args.directory)

@@ -16,45 +16,146 @@ import math
 
 import numpy as np
 
+from .checkpoint import Checkpoint, checkpoint_state, read_checkpoint, save_checkpoint
 from .config import GPTConfig
-from .errors import ConfigError
-from .layers import (
-    cross_entropy_backward,
-    cross_entropy_forward,
-    dropout_backward,
-    dropout_forward,
-    embedding_backward,
-    embedding_forward,
-    linear_backward,
-    linear_forward,
-    lm_head_backward,
-    lm_head_forward,
-    multihead_attention_backward,
-    multihead_attention_forward,
-)
-from .layers.attention import get_attention_backend
-from .layers.backends import get_ops
+from .errors import CheckpointError, ConfigError
+from .layers.block import block_backward, block_forward
+from .layers.cross_entropy import cross_entropy_backward, cross_entropy_forward
+from .layers.dropout import dropout_backward, dropout_forward
+from .layers.embedding import embedding_backward, embedding_forward
+from .layers.lm_head import lm_head_backward, lm_head_forward
+from .ops import check_backend, op_table
 from .sampling import check_sampling_args, sample_next_token
 
 DEFAULT_BACKEND = "numba"  # minigpt.kernels; "numpy" is the reference that defines each op
 
 
-def param_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
-    """Every parameter's GPT-2 name and shape, in GPT-2's order."""
-    V, T, C = config.vocab_size, config.block_size, config.n_embd
+def param_shapes(config: GPTConfig, layers=None) -> dict[str, tuple[int, ...]]:
+    """Every parameter's GPT-2 name and shape, in GPT-2's order.
+
+    layers: one (n_head, mlp_width) pair per block; None gives GPT-2's
+    uniform shapes (config.n_head heads, an MLP 4C wide). Heads always have
+    config.head_size = C / config.n_head dimensions, so a block with H heads
+    has c_attn (C, 3 H D) and c_proj (H D, C).
+    """
+    V, T, C, D = config.vocab_size, config.block_size, config.n_embd, config.head_size
+    layers = layers or [(config.n_head, 4 * C)] * config.n_layer
     shapes = {"wte.weight": (V, C), "wpe.weight": (T, C)}
-    for i in range(config.n_layer):
+    for i, (H, F) in enumerate(layers):
         h = f"h.{i}."
         shapes.update({
             h + "ln_1.weight": (C,), h + "ln_1.bias": (C,),
-            h + "attn.c_attn.weight": (C, 3 * C), h + "attn.c_attn.bias": (3 * C,),
-            h + "attn.c_proj.weight": (C, C), h + "attn.c_proj.bias": (C,),
+            h + "attn.c_attn.weight": (C, 3 * H * D), h + "attn.c_attn.bias": (3 * H * D,),
+            h + "attn.c_proj.weight": (H * D, C), h + "attn.c_proj.bias": (C,),
             h + "ln_2.weight": (C,), h + "ln_2.bias": (C,),
-            h + "mlp.c_fc.weight": (C, 4 * C), h + "mlp.c_fc.bias": (4 * C,),
-            h + "mlp.c_proj.weight": (4 * C, C), h + "mlp.c_proj.bias": (C,),
+            h + "mlp.c_fc.weight": (C, F), h + "mlp.c_fc.bias": (F,),
+            h + "mlp.c_proj.weight": (F, C), h + "mlp.c_proj.bias": (C,),
         })
     shapes.update({"ln_f.weight": (C,), "ln_f.bias": (C,)})
     return shapes
+
+
+def layer_shapes(params: dict, config: GPTConfig) -> list[tuple[int, int]]:
+    """Each block's (n_head, mlp_width), read off its weights: heads from the
+    width of c_attn's bias (3 H D), the MLP width from c_fc's bias."""
+    D = config.head_size
+    out = []
+    for i in range(config.n_layer):
+        qkv = params[f"h.{i}.attn.c_attn.bias"].shape[0]
+        if qkv % (3 * D):
+            raise ConfigError(f"h.{i}.attn.c_attn.bias has {qkv} entries, not a multiple of 3 x head size {D}")
+        out.append((qkv // (3 * D), params[f"h.{i}.mlp.c_fc.bias"].shape[0]))
+    return out
+
+
+def is_uniform(params: dict, config: GPTConfig) -> bool:
+    """True if every block has config.n_head heads and a 4C-wide MLP (GPT-2's own shapes)."""
+    return all(s == (config.n_head, 4 * config.n_embd) for s in layer_shapes(params, config))
+
+
+def check_params(params: dict, config: GPTConfig, error=ConfigError, where=""):
+    """Raise `error` naming the first tensor that is missing, unexpected,
+    misshapen or of the wrong dtype. Blocks may differ in heads and MLP
+    width, but each block's tensors must agree with each other."""
+    prefix = f"{where}: " if where else ""
+    names = set(params)
+    for i in range(config.n_layer):
+        for k in ("attn.c_attn.bias", "mlp.c_fc.bias"):
+            if f"h.{i}.{k}" not in names:
+                raise error(f"{prefix}missing parameter h.{i}.{k}")
+    try:
+        layers = layer_shapes(params, config)
+    except ConfigError as e:
+        raise error(f"{prefix}{e}") from None
+    expected = param_shapes(config, layers)
+    gates = {f"h.{i}.attn.head_gate": (H,) for i, (H, _) in enumerate(layers)}
+    quantized = _quantized_expected(params, expected, error, prefix)
+    for name in quantized:
+        expected.pop(name[: name.index(".weight") + len(".weight")], None)
+    missing = [k for k in expected if k not in names]
+    if missing:
+        raise error(f"{prefix}missing parameters {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    unknown = [k for k in params if k not in expected and k not in gates and k not in quantized]
+    if unknown:
+        raise error(f"{prefix}unexpected parameters {unknown[:5]}")
+    for name, a in params.items():
+        if not isinstance(a, np.ndarray):
+            raise error(f"{prefix}parameter {name} is a {type(a).__name__}, not a NumPy array")
+        if name in quantized:
+            shape, dtype = quantized[name]
+            if a.shape != shape or a.dtype != np.dtype(dtype):
+                raise error(f"{prefix}quantized parameter {name} is {a.dtype} {a.shape}, but its layer "
+                            f"needs {np.dtype(dtype)} {shape}")
+            continue
+        shape = expected.get(name) or gates[name]
+        if a.shape != shape:
+            raise error(f"{prefix}parameter {name} has shape {a.shape}, but the config needs {shape} "
+                        f"(given n_embd, head size and its layer's c_attn/c_fc widths)")
+        if a.dtype != np.dtype(config.dtype):
+            raise error(f"{prefix}parameter {name} is {a.dtype}, config says {config.dtype}")
+
+
+def _quantized_expected(params, expected, error, prefix) -> dict:
+    """{name: (shape, dtype)} of every integer-weight array in params, from the
+    float weight's shape it stands for (minigpt.layers.quantized_linear)."""
+    out = {}
+    for wname, shape in expected.items():
+        if not wname.endswith(".weight") or wname in params or len(shape) != 2 or not wname.startswith("h."):
+            continue
+        K, N = shape
+        fdtype = params[wname[: -len(".weight")] + ".bias"].dtype
+        if wname + ".int8" in params:
+            out.update({wname + ".int8": ((N, K), np.int8), wname + ".scale": ((N,), fdtype)})
+        elif wname + ".int4" in params:
+            g = params.get(wname + ".group")
+            if g is None or g.shape != () or g.dtype.kind != "i" or g <= 0 or g % 2 or K % g:
+                raise error(f"{prefix}{wname}.group must be an even positive integer dividing {K}")
+            g = int(g)
+            out.update({wname + ".int4": ((K // 2, N), np.uint8), wname + ".scales": ((K // g, N), fdtype),
+                        wname + ".group": ((), np.int64)})
+    return out
+
+
+def add_head_gates(params: dict, config: GPTConfig) -> dict:
+    """Put a gate of ones (H,) on every block's heads, in place; returns params.
+    A gate of 1 changes nothing; set an entry to 0 to switch that head off."""
+    for i, (H, _) in enumerate(layer_shapes(params, config)):
+        params.setdefault(f"h.{i}.attn.head_gate", np.ones(H, dtype=config.dtype))
+    return params
+
+
+def fold_head_gates(params: dict, config: GPTConfig) -> dict:
+    """A copy of params without head gates and with the same function: the gate
+    g[h] scales head h's rows of attn.c_proj.weight (c_proj(g * y) = (g * y) W
+    = y (diag(g) W)); GPT-2's own format has no gates."""
+    out = {k: v for k, v in params.items() if not k.endswith("attn.head_gate")}
+    D = config.head_size
+    for i in range(config.n_layer):
+        g = params.get(f"h.{i}.attn.head_gate")
+        if g is not None:
+            w = out[f"h.{i}.attn.c_proj.weight"]  # (H D, C)
+            out[f"h.{i}.attn.c_proj.weight"] = w * np.repeat(g, D)[:, None].astype(w.dtype)
+    return out
 
 
 def init_params(config: GPTConfig, seed=0) -> dict[str, np.ndarray]:
@@ -80,16 +181,13 @@ def init_params(config: GPTConfig, seed=0) -> dict[str, np.ndarray]:
 
 class KVCache:
     """Keys and values of the positions seen so far: one (k, v) pair per
-    layer, each (B, H, T_past, D). Used only for inference."""
+    layer, each (B, H_l, T_past, D), None until the first forward fills it.
+    Used only for inference."""
 
     def __init__(self, config: GPTConfig, batch_size: int):
-        D, H = config.head_size, config.n_head
-        empty = np.zeros((batch_size, H, 0, D), dtype=config.dtype)
-        self.layers = [(empty, empty) for _ in range(config.n_layer)]
-
-    @property
-    def length(self) -> int:
-        return self.layers[0][0].shape[2]
+        self.batch_size = batch_size
+        self.layers = [None] * config.n_layer
+        self.length = 0  # positions cached so far
 
 
 class GPT:
@@ -98,26 +196,38 @@ class GPT:
     model = GPT(config, seed=0)
     logits, loss = model.forward(idx, targets)   # idx, targets: (B, T) ints
     grads = model.backward()                     # same keys/shapes as model.params
+    grads = model.backward(dlogits)              # from any upstream gradient (B, T, V)
+    acts = model.activations(idx)                # inputs of every linear layer, block outputs
     """
 
     def __init__(self, config: GPTConfig, seed=0, params=None, backend=None, tokenizer=None):
         self.config = config
         self.params = init_params(config, seed) if params is None else params
-        self.backend = backend or DEFAULT_BACKEND
-        get_attention_backend(self.backend)  # fail early on an unknown name
+        if params is not None:
+            check_params(self.params, config)
+        self.backend = check_backend(backend or DEFAULT_BACKEND)
         self.tokenizer = tokenizer
         self.training = False  # dropout is active only while True
         self.rng = np.random.default_rng(seed)  # dropout masks
         self._caches = None
-        self._ops = None  # the (forward, backward) table the last forward used
+
+    def block_params(self, i: int) -> dict:
+        """Block i's parameters under their names inside the block ("ln_1.weight", ...)."""
+        h = f"h.{i}."
+        return {k[len(h):]: v for k, v in self.params.items() if k.startswith(h)}
+
+    def layer_shapes(self) -> list[tuple[int, int]]:
+        """Each block's (n_head, mlp_width), read off its weights."""
+        return layer_shapes(self.params, self.config)
 
     # ---------------------------------------------------------------- forward
-    def forward(self, idx, targets=None, kv_cache: KVCache | None = None):
+    def forward(self, idx, targets=None, kv_cache: KVCache | None = None, keep_cache=None):
         """idx (B, T) ints -> (logits (B, T, V), loss or None).
 
-        With targets, the caches for backward() are kept. With a kv_cache,
-        idx holds only the new positions; their keys/values are appended to
-        the cache (inference: no backward).
+        The caches for backward() (and activations()) are kept when targets
+        are given, or when keep_cache=True. With a kv_cache, idx holds only
+        the new positions; their keys/values are appended to the cache
+        (inference: no backward).
         """
         cfg, P = self.config, self.params
         idx = np.asarray(idx)
@@ -132,80 +242,131 @@ class GPT:
         if idx.size and (idx.min() < 0 or idx.max() >= cfg.vocab_size):
             raise ConfigError(f"token ids must lie in [0, {cfg.vocab_size})")
         train = self.training and kv_cache is None
-        p_drop = cfg.dropout
-        ops = get_ops(self.backend)  # kernels for this backend; backward uses the same ones
-        layernorm_forward, gelu_forward = ops["layernorm"][0], ops["gelu"][0]
+        ops = op_table(self.backend)
         caches = {}
 
-        x, caches["emb"] = embedding_forward(idx, P["wte.weight"], P["wpe.weight"], offset)
-        x, caches["emb_drop"] = dropout_forward(x, p_drop, self.rng, train)  # (B, T, C)
+        x, caches["emb"] = embedding_forward(idx, P["wte.weight"], P["wpe.weight"], offset)  # (B, T, C)
+        x, caches["emb.drop"] = dropout_forward(x, cfg.dropout, self.rng, train)
         for i in range(cfg.n_layer):
-            h = f"h.{i}."
-            # attention branch
-            a, caches[h + "ln_1"] = layernorm_forward(x, P[h + "ln_1.weight"], P[h + "ln_1.bias"])
-            a, caches[h + "c_attn"] = linear_forward(a, P[h + "attn.c_attn.weight"], P[h + "attn.c_attn.bias"])  # (B, T, 3C)
-            layer_kv = None if kv_cache is None else kv_cache.layers[i]
-            a, attn_cache = multihead_attention_forward(a, cfg.n_head, self.backend, layer_kv)  # (B, T, C)
+            layer_kv = None if kv_cache is None else (kv_cache.layers[i] or (None, None))
+            x, cache = block_forward(x, self.block_params(i), cfg.head_size, ops, cfg.dropout,
+                                     self.rng, train, layer_kv)  # (B, T, C)
             if kv_cache is None:
-                caches[h + "attn"] = attn_cache
+                caches[f"h.{i}"] = cache
             else:
-                kv_cache.layers[i] = attn_cache
-            a, caches[h + "attn.c_proj"] = linear_forward(a, P[h + "attn.c_proj.weight"], P[h + "attn.c_proj.bias"])
-            a, caches[h + "attn_drop"] = dropout_forward(a, p_drop, self.rng, train)
-            x = x + a  # (B, T, C) residual
-            # MLP branch
-            m, caches[h + "ln_2"] = layernorm_forward(x, P[h + "ln_2.weight"], P[h + "ln_2.bias"])
-            m, caches[h + "c_fc"] = linear_forward(m, P[h + "mlp.c_fc.weight"], P[h + "mlp.c_fc.bias"])  # (B, T, 4C)
-            m, caches[h + "gelu"] = gelu_forward(m)
-            m, caches[h + "mlp.c_proj"] = linear_forward(m, P[h + "mlp.c_proj.weight"], P[h + "mlp.c_proj.bias"])  # (B, T, C)
-            m, caches[h + "mlp_drop"] = dropout_forward(m, p_drop, self.rng, train)
-            x = x + m  # (B, T, C) residual
-        x, caches["ln_f"] = layernorm_forward(x, P["ln_f.weight"], P["ln_f.bias"])
+                kv_cache.layers[i] = cache["attn"]
+        x, caches["ln_f"] = ops["layernorm"][0](x, P["ln_f.weight"], P["ln_f.bias"])
         logits, caches["lm_head"] = lm_head_forward(x, P["wte.weight"])  # (B, T, V)
 
         loss = None
         if targets is not None:
             loss, caches["loss"] = cross_entropy_forward(logits, np.asarray(targets))
             loss = float(loss)
-        self._caches = caches if (targets is not None and kv_cache is None) else None
+        if kv_cache is not None:
+            kv_cache.length += T
+        keep = kv_cache is None and (targets is not None if keep_cache is None else keep_cache)
+        self._caches = caches if keep else None
         self._ops = ops
         return logits, loss
 
     # --------------------------------------------------------------- backward
-    def backward(self) -> dict[str, np.ndarray]:
-        """Gradient of the last forward's mean loss w.r.t. every parameter."""
+    def backward(self, dlogits=None) -> dict[str, np.ndarray]:
+        """Gradient w.r.t. every parameter, from the last forward.
+
+        dlogits None: of that forward's mean cross-entropy loss. Otherwise
+        dlogits (B, T, V) is the upstream gradient dL/dlogits of any loss L
+        computed from the logits (a distillation loss, say), and the result
+        is dL/dparams.
+        """
         if self._caches is None:
-            raise RuntimeError("backward() needs a forward(idx, targets) first")
+            raise RuntimeError("backward() needs a forward(idx, targets) (or keep_cache=True) first")
         c, cfg = self._caches, self.config
-        layernorm_backward, gelu_backward = self._ops["layernorm"][1], self._ops["gelu"][1]
+        if dlogits is None:
+            if "loss" not in c:
+                raise RuntimeError("backward() without dlogits needs a forward with targets")
+            dlogits = cross_entropy_backward(1.0, c["loss"])  # (B, T, V)
+        elif np.shape(dlogits) != c["lm_head"][0].shape[:-1] + (cfg.vocab_size,):
+            raise ValueError(f"dlogits has shape {np.shape(dlogits)}, the logits "
+                             f"{c['lm_head'][0].shape[:-1] + (cfg.vocab_size,)}")
         g = {}
-        dlogits = cross_entropy_backward(1.0, c["loss"])  # (B, T, V)
         dx, g["wte.weight"] = lm_head_backward(dlogits, c["lm_head"])
-        dx, g["ln_f.weight"], g["ln_f.bias"] = layernorm_backward(dx, c["ln_f"])
+        dx, g["ln_f.weight"], g["ln_f.bias"] = self._ops["layernorm"][1](dx, c["ln_f"])
         for i in reversed(range(cfg.n_layer)):
-            h = f"h.{i}."
-            # x = x + m: the residual passes dx through and also feeds the MLP branch
-            dm = dropout_backward(dx, c[h + "mlp_drop"])
-            dm, g[h + "mlp.c_proj.weight"], g[h + "mlp.c_proj.bias"] = linear_backward(dm, c[h + "mlp.c_proj"])
-            dm = gelu_backward(dm, c[h + "gelu"])
-            dm, g[h + "mlp.c_fc.weight"], g[h + "mlp.c_fc.bias"] = linear_backward(dm, c[h + "c_fc"])
-            dm, g[h + "ln_2.weight"], g[h + "ln_2.bias"] = layernorm_backward(dm, c[h + "ln_2"])
-            dx = dx + dm
-            # x = x + a: same for the attention branch
-            da = dropout_backward(dx, c[h + "attn_drop"])
-            da, g[h + "attn.c_proj.weight"], g[h + "attn.c_proj.bias"] = linear_backward(da, c[h + "attn.c_proj"])
-            da = multihead_attention_backward(da, c[h + "attn"])  # (B, T, 3C)
-            da, g[h + "attn.c_attn.weight"], g[h + "attn.c_attn.bias"] = linear_backward(da, c[h + "c_attn"])
-            da, g[h + "ln_1.weight"], g[h + "ln_1.bias"] = layernorm_backward(da, c[h + "ln_1"])
-            dx = dx + da
-        dx = dropout_backward(dx, c["emb_drop"])
+            dx, block_grads = block_backward(dx, c[f"h.{i}"])  # (B, T, C)
+            g.update({f"h.{i}.{k}": v for k, v in block_grads.items()})
+        dx = dropout_backward(dx, c["emb.drop"])
         dwte, g["wpe.weight"] = embedding_backward(dx, c["emb"])
         g["wte.weight"] = g["wte.weight"] + dwte  # tied: head and embedding share wte
-        return {name: g[name] for name in self.params}  # GPT-2 order
+        # GPT-2 order; integer (quantized) weights are frozen and get no gradient
+        return {name: g[name] for name in self.params if name in g}
+
+    def cache_names(self) -> list[str]:
+        """Names of the caches the last forward kept, in the order its ops ran
+        ("emb", "emb.drop", "h.0.ln_1", "h.0.attn.c_attn", ..., "lm_head", "loss");
+        backward() consumes them in reverse."""
+        if self._caches is None:
+            raise RuntimeError("no forward has kept its caches")
+        names = []
+        for key, cache in self._caches.items():
+            if key.startswith("h."):
+                names += [f"{key}.{n}" for n in cache if n not in ("out", "ops")]
+            else:
+                names.append(key)
+        return names
+
+    # ------------------------------------------------------------ activations
+    def activations(self, idx=None, attention_probs=False) -> dict[str, np.ndarray]:
+        """What a caller may read of a forward, by name:
+
+            "h.{i}.attn.c_attn", "h.{i}.attn.c_proj",
+            "h.{i}.mlp.c_fc", "h.{i}.mlp.c_proj"   the input of that linear layer, (B, T, n_in)
+            "h.{i}"                                block i's output, (B, T, C)
+            "lm_head"                              the final LayerNorm's output, (B, T, C)
+            "h.{i}.attn.probs"                     (attention_probs=True) softmax(QK^T/sqrt(D) + M), (B, H, T, T)
+
+        idx given: runs an inference forward (no dropout) on idx (B, T) and
+        keeps nothing. idx None: reads the last forward that kept its caches
+        (a training forward with targets), before backward().
+        attention_probs needs idx: the probabilities come from the NumPy
+        reference (a fused kernel never stores them).
+        """
+        if idx is not None:
+            backend, training = self.backend, self.training
+            self.backend = "numpy" if attention_probs else backend
+            self.training = False
+            try:
+                self.forward(np.asarray(idx), keep_cache=True)
+                caches = self._caches
+            finally:
+                self.backend, self.training, self._caches = backend, training, None
+        else:
+            if attention_probs:
+                raise ValueError("attention_probs=True needs idx (a fresh NumPy-reference forward)")
+            if self._caches is None:
+                raise RuntimeError("activations() without idx needs a forward that kept its caches")
+            caches = self._caches
+        acts = {}
+        for i in range(self.config.n_layer):
+            c = caches[f"h.{i}"]
+            for name in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
+                acts[f"h.{i}.{name}"] = c[name][0]  # a linear cache starts with its input
+            acts[f"h.{i}"] = c["out"]
+            if attention_probs:
+                core = c["attn"][0]
+                acts[f"h.{i}.attn.probs"] = core[3] if core is not None else None  # (q, k, v, p, scale)
+        acts["lm_head"] = caches["lm_head"][0]
+        return acts
 
     # ---------------------------------------------------------------- helpers
     def num_params(self) -> int:
-        return sum(p.size for p in self.params.values())
+        """Parameters the model computes with (an integer weight counts as the K x N weights it stands for)."""
+        n = 0
+        for name, p in self.params.items():
+            if name.endswith((".int8", ".int4")):
+                n += p.size * (2 if name.endswith(".int4") else 1)  # int4: two weights a byte
+            elif not name.endswith((".scale", ".scales", ".group")):
+                n += p.size
+        return int(n)
 
     def loss(self, idx, targets) -> float:
         """Mean loss without keeping caches (evaluation)."""
@@ -262,12 +423,21 @@ class GPT:
     # ------------------------------------------------------------ checkpoints
     def save(self, path, **state):
         """Write the model (and its tokenizer) to one .npz, atomically."""
-        from .checkpoint import save_checkpoint
-
         save_checkpoint(path, self, **state)
 
     @classmethod
     def load(cls, path, backend=None) -> "GPT":
-        from .checkpoint import load_checkpoint
-
         return load_checkpoint(path, backend=backend).model
+
+
+def load_checkpoint(path, backend=None) -> Checkpoint:
+    """Load a checkpoint written by save_checkpoint: the model (its
+    parameters checked against the config and each layer's shapes) and the
+    training state needed to resume."""
+    f = read_checkpoint(path)
+    check_params(f.params, f.config, CheckpointError, where=str(path))
+    model = GPT(f.config, params=f.params, backend=backend, tokenizer=f.tokenizer)
+    state = checkpoint_state(path, f.meta, f.params, f.optimizer_arrays)
+    if "dropout" in state["rng_state"]:
+        model.rng.bit_generator.state = state["rng_state"].pop("dropout")
+    return Checkpoint(model=model, **state)

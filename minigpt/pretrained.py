@@ -13,7 +13,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from .checkpoint import load_checkpoint
+from .model import load_checkpoint
 from .config import preset as make_preset
 from .data import EMBEDDED, Dataset, load_corpus
 from .errors import CheckpointError

@@ -15,25 +15,12 @@ import numpy as np
 def attention_maps(model, idx) -> list[np.ndarray]:
     """Attention probabilities of every layer for the tokens idx.
 
-    Runs the model's own forward once with the NumPy reference attention,
-    whose cache keeps P (a compiled backend need not store it), then restores
-    the model's backend. Dropout is off, so the maps are the inference maps.
+    Reads them through model.activations(idx, attention_probs=True): one
+    inference forward (no dropout) with the NumPy reference attention, whose
+    cache keeps P (a compiled kernel need not store it).
     """
     idx = np.asarray(idx)
     squeeze = idx.ndim == 1
-    idx2 = idx[None, :] if squeeze else idx  # (B, T)
-    backend, training = model.backend, model.training
-    model.backend, model.training = "numpy", False
-    try:
-        # targets make forward keep its caches; their values do not matter
-        model.forward(idx2, targets=np.zeros_like(idx2))
-        caches = model._caches
-    finally:
-        model.backend, model.training = backend, training
-        model._caches = None
-    maps = []
-    for i in range(model.config.n_layer):
-        core_cache = caches[f"h.{i}.attn"][0]  # (q, k, v, p, scale) of the reference
-        p = core_cache[3]  # (B, H, T, T)
-        maps.append(p[0] if squeeze else p)
-    return maps
+    acts = model.activations(idx[None, :] if squeeze else idx, attention_probs=True)
+    maps = [acts[f"h.{i}.attn.probs"] for i in range(model.config.n_layer)]  # (B, H, T, T) each
+    return [p[0] for p in maps] if squeeze else maps

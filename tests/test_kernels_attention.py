@@ -5,12 +5,8 @@ import pytest
 from minigpt.gradcheck import check_op
 from minigpt.kernels.attention import BLOCK, attention_backward, attention_forward
 from minigpt.kernels.fastexp import fexp_array
-from minigpt.layers.attention import (
-    ATTENTION_BACKENDS,
-    causal_attention_backward,
-    causal_attention_forward,
-    get_attention_backend,
-)
+from minigpt.layers.attention import causal_attention_backward, causal_attention_forward
+from minigpt.ops import op_table
 
 # Both sides round differently (blocked online softmax, polynomial exp, other
 # summation order): the difference is a few ulps of values of size ~1 times
@@ -107,10 +103,9 @@ def test_float_exp_matches_numpy():
         assert fexp_array(np.array([-1000.0], dtype))[0] == 0.0  # underflow gives 0, not garbage
 
 
-def test_registered_as_numba_backend():
-    fwd, bwd = get_attention_backend("numba")
-    assert fwd is attention_forward and bwd is attention_backward
-    assert ATTENTION_BACKENDS["numpy"] == (causal_attention_forward, causal_attention_backward)
+def test_op_table_uses_the_kernel_for_numba_and_the_reference_for_numpy():
+    assert op_table("numba")["attention"] == (attention_forward, attention_backward)
+    assert op_table("numpy")["attention"] == (causal_attention_forward, causal_attention_backward)
 
 
 def test_rejects_bad_shapes():

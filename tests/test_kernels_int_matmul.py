@@ -135,23 +135,36 @@ def test_shape_errors():
         K.int4_weight_matmul(np.ones((1, 16)), packed, scales, 4)  # wrong group for these scales
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
 @pytest.mark.parametrize("kind, tol", [("int8", 0.02), ("int4", 0.2)])
-def test_quantized_weights_run_the_unchanged_model(kind, tol):
-    from minigpt import GPT, GPTConfig
-    from minigpt.kernels.qweights import Int4Weight, Int8Weight, quantize_weights, weight_bytes
+def test_quantized_weights_run_the_unchanged_model(kind, tol, backend, tmp_path):
+    from minigpt import GPT, GPTConfig, load_checkpoint
+    from minigpt.layers.quantized_linear import dequantize, quantized_arrays, quantized_linear_forward
+    from minigpt.ops import op_table
+    from minigpt.quant import quantize_model, weight_bytes
 
     cfg = GPTConfig(vocab_size=20, block_size=16, n_layer=2, n_head=2, n_embd=32)
-    model = GPT(cfg, seed=0)
-    qmodel = quantize_weights(model, kind)
-    w = qmodel.params["h.0.mlp.c_fc.weight"]
-    assert isinstance(w, Int8Weight if kind == "int8" else Int4Weight)
+    model = GPT(cfg, seed=0, backend=backend)
+    qmodel = quantize_model(model, kind)
+    assert all(isinstance(p, np.ndarray) for p in qmodel.params.values())  # plain arrays only
+    assert "h.0.mlp.c_fc.weight" not in qmodel.params and f"h.0.mlp.c_fc.weight.{kind}" in qmodel.params
     assert weight_bytes(qmodel.params) < weight_bytes(model.params)
-    # x @ W goes through the integer kernel and equals x @ dequantized W
+    assert qmodel.num_params() == model.num_params()
+    # the layer's product goes through the integer kernel and equals x @ dequantized W
+    q = quantized_arrays(qmodel.block_params(0), "mlp.c_fc")
+    ops = op_table(backend)
     x = np.random.default_rng(0).standard_normal((2, 3, 32)).astype(np.float32)
-    np.testing.assert_allclose(x @ w, x @ w.dequantize(), rtol=1e-5, atol=1e-5)
+    b = np.zeros(128, np.float32)
+    out, _ = quantized_linear_forward(x, q, b, {"int8": ops["int8_weight_matmul"][0],
+                                                "int4": ops["int4_weight_matmul"][0]})
+    np.testing.assert_allclose(out, x @ dequantize(q), rtol=1e-5, atol=1e-5)
     idx = np.array([[1, 5, 2, 7, 3]])
     ref, _ = model.forward(idx)
     got, _ = qmodel.forward(idx)
     # weights off by up to half a step (1/254 or 1/14 of the largest weight)
     assert np.abs(got - ref).max() < tol * np.abs(ref).max()
     assert qmodel.generate([1, 2], 5, temperature=0).shape == (7,)
+    # saves and loads with the no-pickle checkpoint, same numbers
+    qmodel.save(tmp_path / "q.npz")
+    back = load_checkpoint(tmp_path / "q.npz", backend=backend).model
+    np.testing.assert_array_equal(back.forward(idx)[0], got)

@@ -6,7 +6,7 @@ from minigpt.gradcheck import check_op
 from minigpt.kernels import layernorm as kln
 from minigpt.kernels.gelu import gelu_backward, gelu_forward
 from minigpt.layers import layernorm as ref_ln
-from minigpt.layers.backends import get_ops
+from minigpt.ops import op_table
 from minigpt.layers.gelu import gelu_backward as ref_backward
 from minigpt.layers.gelu import gelu_forward as ref_forward
 
@@ -47,10 +47,10 @@ def test_gelu_backward_against_finite_differences():
 
 
 def test_backend_op_tables():
-    assert get_ops("numba")["gelu"] == (gelu_forward, gelu_backward)
-    assert get_ops("numpy")["gelu"] == (ref_forward, ref_backward)
-    assert get_ops("numba")["layernorm"] == (kln.layernorm_forward, kln.layernorm_backward)
-    assert get_ops("numpy")["layernorm"] == (ref_ln.layernorm_forward, ref_ln.layernorm_backward)
+    assert op_table("numba")["gelu"] == (gelu_forward, gelu_backward)
+    assert op_table("numpy")["gelu"] == (ref_forward, ref_backward)
+    assert op_table("numba")["layernorm"] == (kln.layernorm_forward, kln.layernorm_backward)
+    assert op_table("numpy")["layernorm"] == (ref_ln.layernorm_forward, ref_ln.layernorm_backward)
 
 
 # LayerNorm: one sum order against another over C (forward) and over all
@@ -111,3 +111,12 @@ def test_small_work_runs_on_one_thread_and_restores_the_count():
     with pytest.raises(ZeroDivisionError), threads_for(1):
         1 / 0  # the count is restored even when the block raises
     assert numba.get_num_threads() == before
+
+
+def test_kernel_constants_are_the_references():
+    # the kernels repeat the references' constants (they import nothing above them)
+    from minigpt.kernels import gelu as kgelu
+    from minigpt.layers import gelu as rgelu
+
+    assert (kgelu.GELU_K, kgelu.GELU_A) == (rgelu.GELU_K, rgelu.GELU_A)
+    assert kln.LN_EPS == ref_ln.LN_EPS

@@ -12,12 +12,18 @@ with a vectorisable tanh:
 The cache is x alone; the backward recomputes t (cheaper than storing a
 second array the size of the MLP's hidden layer and reading it back).
 """
+import math
+
 import numpy as np
 from numba import njit, prange
 
-from ..layers.gelu import GELU_A, GELU_K
 from .fastexp import fexp
 from .threads import threads_for
+
+# The reference's constants (minigpt.layers.gelu), repeated here because the
+# kernels import nothing above them; tests/test_kernels_ops.py checks they agree.
+GELU_K = math.sqrt(2.0 / math.pi)
+GELU_A = 0.044715
 
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 

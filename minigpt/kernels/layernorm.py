@@ -19,8 +19,11 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ..layers.layernorm import LN_EPS
 from .threads import threads_for
+
+# The reference's eps (minigpt.layers.layernorm), repeated because the kernels
+# import nothing above them; tests/test_kernels_ops.py checks they agree.
+LN_EPS = 1e-5
 
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 CHUNKS = 16  # row chunks with their own dgamma/dbeta partial sums

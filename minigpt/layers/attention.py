@@ -12,8 +12,11 @@ Multi-head wrapper (what a GPT-2 block calls):
     H heads of size D = C / H, attended, and the heads concatenated back to
     (B, T, C). The caller applies c_attn before and c_proj after.
 
-The kernel that runs the core is chosen by name (``backend``); "numpy" is
-the reference below, others register themselves in ATTENTION_BACKENDS.
+The core is a (forward, backward) pair passed in as ``kernel``: the NumPy
+reference below by default, or a compiled kernel from the op table
+(minigpt.ops.op_table(backend)["attention"]) that must agree with it.
+A layer with no heads left (all pruned) attends to nothing: its output is
+(B, T, 0) and c_proj then adds only its bias.
 """
 import math
 
@@ -53,23 +56,6 @@ def causal_attention_backward(dout, cache):
     return dq, dk, dv
 
 
-# name -> (forward, backward); kernels from minigpt.kernels add entries.
-ATTENTION_BACKENDS = {"numpy": (causal_attention_forward, causal_attention_backward)}
-
-
-def get_attention_backend(name):
-    if name not in ATTENTION_BACKENDS:
-        # importing the kernels package registers the compiled backends
-        from .. import kernels  # noqa: F401
-    if name not in ATTENTION_BACKENDS:
-        from ..errors import ConfigError
-
-        raise ConfigError(
-            f"unknown backend {name!r}; choose one of {sorted(ATTENTION_BACKENDS)}"
-        )
-    return ATTENTION_BACKENDS[name]
-
-
 def split_heads(x, n_head):
     """(B, T, C) -> (B, H, T, C/H)."""
     B, T, C = x.shape
@@ -82,30 +68,39 @@ def merge_heads(x):
     return x.transpose(0, 2, 1, 3).reshape(B, T, H * D)
 
 
-def multihead_attention_forward(qkv, n_head, backend="numpy", kv_cache=None):
-    """Causal attention over heads; qkv (B, T, 3C) -> out (B, T, C).
+def multihead_attention_forward(qkv, n_head, kernel=None, kv_cache=None):
+    """Causal attention over heads; qkv (B, T, 3 H D) -> out (B, T, H D).
 
+    n_head is this layer's head count H (a pruned layer may have fewer than
+    the config's); the head size is D = width / (3 H). kernel is the core's
+    (forward, backward) pair, the NumPy reference if None.
     kv_cache, if given, is a (k_past, v_past) pair of (B, H, T_past, D)
-    arrays; the new keys and values are appended and the updated pair is
+    arrays (or (None, None) before the first position); the new keys and values are appended and the updated pair is
     returned as the cache's second element (inference only: no backward).
     """
-    C = qkv.shape[-1] // 3
+    fwd, _ = kernel or (causal_attention_forward, causal_attention_backward)
+    B, T, C3 = qkv.shape
+    if n_head == 0:  # every head pruned: nothing to attend with
+        out = np.zeros((B, T, 0), dtype=qkv.dtype)
+        return out, (kv_cache if kv_cache is not None else (None, 0, kernel))
     q, k, v = (split_heads(a, n_head) for a in np.split(qkv, 3, axis=-1))  # (B, H, T, D)
-    if kv_cache is not None:
+    if kv_cache is not None and kv_cache[0] is not None:  # (None, None): nothing cached yet
         k_past, v_past = kv_cache
         k = np.concatenate([k_past, k], axis=2)  # (B, H, T_past + T, D)
         v = np.concatenate([v_past, v], axis=2)
-    fwd, _ = get_attention_backend(backend)
     out, core_cache = fwd(np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v))
-    out = merge_heads(out)  # (B, T, C)
+    out = merge_heads(out)  # (B, T, H D)
     if kv_cache is not None:
         return out, (k, v)
-    return out, (core_cache, n_head, backend, C)
+    return out, (core_cache, n_head, kernel)
 
 
 def multihead_attention_backward(dout, cache):
-    """Returns dqkv (B, T, 3C): the core's dq, dk, dv, heads merged and re-concatenated."""
-    core_cache, n_head, backend, C = cache
-    _, bwd = get_attention_backend(backend)
+    """Returns dqkv (B, T, 3 H D): the core's dq, dk, dv, heads merged and re-concatenated."""
+    core_cache, n_head, kernel = cache
+    _, bwd = kernel or (causal_attention_forward, causal_attention_backward)
+    if n_head == 0:
+        B, T, _ = dout.shape
+        return np.zeros((B, T, 0), dtype=dout.dtype)
     dq, dk, dv = bwd(np.ascontiguousarray(split_heads(dout, n_head)), core_cache)
     return np.concatenate([merge_heads(dq), merge_heads(dk), merge_heads(dv)], axis=-1)

@@ -25,9 +25,12 @@ def layernorm_backward(dout, cache):
 
     out = gamma * xhat + beta gives dgamma = sum(dout * xhat), dbeta = sum(dout)
     over every axis but the last, and dxhat = dout * gamma.
-    xhat = (x - mu) * rstd depends on x directly and through mu and var;
-    differentiating and using sum(xhat) = 0, sum(xhat^2) = C gives
-    dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)).
+    xhat = (x - mu) * rstd depends on x directly and through mu and var.
+    With dmu/dx_i = 1/C, dvar/dx_i = 2 (x_i - mu) / C (the mu path of var
+    contributes sum(x - mu) = 0) and drstd/dvar = -rstd^3 / 2:
+    dx_i = rstd * dxhat_i - rstd * mean(dxhat) - rstd^3 (x_i - mu) mean(dxhat * (x - mu))
+         = rstd * (dxhat_i - mean(dxhat) - xhat_i * mean(dxhat * xhat)),
+    exact, with no use of sum(xhat^2) = C.
     """
     xhat, rstd, gamma = cache
     C = xhat.shape[-1]

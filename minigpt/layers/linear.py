@@ -22,8 +22,9 @@ def linear_backward(dout, cache):
     x, w = cache
     n_in, n_out = w.shape
     dx = dout @ w.T  # (..., n_in)
-    x2 = x.reshape(-1, n_in)  # (N, n_in)
-    d2 = dout.reshape(-1, n_out)  # (N, n_out)
+    N = x.size // n_in if n_in else dout.size // n_out  # rows; either width may be 0 (a layer pruned empty)
+    x2 = x.reshape(N, n_in)  # (N, n_in)
+    d2 = dout.reshape(N, n_out)  # (N, n_out)
     dw = x2.T @ d2  # (n_in, n_out)
     db = d2.sum(axis=0)  # (n_out,)
     return dx, dw, db
