@@ -216,8 +216,9 @@ def _backward_kernel(q, k, v, out, lse, dout, scale, dq, dk, dv):
                 for r in range(min(ROWS, T_q - i0)):
                     dq[b, h, i0 + r, d] = acc[r]
         # Element by element: `dk[b, h] = dkT.T` makes numba compile the
-        # shape-mismatch error message (its string formatting), 4 of the
-        # 26 s a cold first run spent compiling the six float32 kernels.
+        # shape-mismatch error message (its string formatting); the cold
+        # compile of this kernel took 17-20 s with it, 7-10 s without
+        # (2-core Xeon, busy machine).
         for j in range(T_k):
             for d in range(D):
                 dk[b, h, j, d] = dkT[d, j]
