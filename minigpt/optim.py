@@ -49,6 +49,31 @@ def lr_schedule(step: int, lr: float, min_lr: float, warmup_steps: int, total_st
     return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * r))
 
 
+def apply_masks(arrays: dict, masks: dict, optimizer=None) -> None:
+    """Set to exactly 0, in place, each entry of arrays[k] where masks[k] == 0
+    (masks: same keys and shapes as the parameters, 0/1 or bool; a key
+    without a mask is left alone), and with an optimizer the same entries
+    of its moments (AdamW's m and v), so nothing carries a pruned weight off 0.
+
+    The two hooks of masked training (see minigpt.train):
+        before_step=lambda grads: apply_masks(grads, masks)
+        after_step=lambda params, opt: apply_masks(params, masks, opt)
+    Once a masked entry has p = m = v = 0 and gradient 0, AdamW's update of it
+    is lr * (0 / (sqrt(0) + eps) + wd * 0) = 0 exactly, so it stays 0; the
+    after-step call also clears moments carried in from an unmasked run.
+    """
+    for name, mask in masks.items():
+        mask = np.asarray(mask)
+        if mask.shape != arrays[name].shape:
+            raise ValueError(f"mask for {name} has shape {mask.shape}, the array {arrays[name].shape}")
+        pruned = mask == 0
+        targets = [arrays[name]]
+        if optimizer is not None:
+            targets += [optimizer.m[name], optimizer.v[name]]
+        for a in targets:
+            np.copyto(a, 0, where=pruned)  # assignment, not a product: inf * 0 would be nan
+
+
 class AdamW:
     def __init__(self, params: dict, lr=1e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1):
         self.params = params

@@ -6,6 +6,59 @@ Exact resume: a checkpoint holds the parameters, AdamW's moments and step
 count, the batch sampler's RNG state and the dropout RNG state, so the steps
 after a resume draw the same batches and masks, and compute the same
 numbers, as an uninterrupted run would.
+
+One loop for every kind of training. Compression methods plug into
+``train()`` through four optional arguments; plain training passes none of
+them and runs the same loop. One step, in order:
+
+    seen, grad_fn = weight_transform(params)      # default: seen = params, grad_fn = identity
+    loss, dlogits = loss_fn(model, x, y)          # forward, on the seen weights
+    grads = grad_fn(model.backward(dlogits))      # dL/dseen -> dL/dparams
+    before_step(grads)                            # edit gradients in place
+    clip, then AdamW updates params
+    after_step(params, optimizer)                 # edit weights / optimizer state in place
+
+- ``loss_fn(model, x, y) -> (loss, dlogits)``: run the forward and return
+  the training loss (a float) and dL/dlogits (B, T, V) for
+  ``model.backward(dlogits)``; dlogits None means "the cross-entropy of the
+  forward just run" (what the default, ``cross_entropy_loss``, returns).
+  Distillation from a teacher's logits, with a hand-written KL pair::
+
+      def distill(model, x, y, tau=2.0):
+          p_t = softmax(teacher.forward(x)[0] / tau)                  # (B, T, V)
+          z, _ = model.forward(x, keep_cache=True)                    # keep caches for backward
+          log_p_s = log_softmax(z / tau)
+          loss = float((p_t * (np.log(p_t) - log_p_s)).sum(-1).mean())
+          dlogits = (np.exp(log_p_s) - p_t) / (tau * x.size)          # dKL/dz, mean over B*T
+          return loss, dlogits
+
+- ``weight_transform(params) -> (seen, grad_fn)``: ``seen`` (same keys and
+  shapes) is what the forward and backward use in place of the parameters;
+  ``grad_fn(grads)`` maps the gradient w.r.t. ``seen`` to the gradient
+  w.r.t. the parameters. The optimizer updates, and checkpoints store, the
+  parameters themselves; validation sees ``seen``. Fake quantization with a
+  straight-through estimator (the rounding's derivative taken as 1)::
+
+      def fake_quant(params, bits=8):
+          seen = dict(params)
+          for k, w in params.items():
+              if w.ndim == 2:                                           # matrices, per output column
+                  s = np.maximum(np.abs(w).max(axis=0), 1e-12) / (2 ** (bits - 1) - 1)
+                  seen[k] = (np.round(w / s) * s).astype(w.dtype)
+          return seen, lambda grads: grads
+
+- ``before_step(grads)`` runs before clipping (so the norm is that of the
+  gradients actually applied) and ``after_step(params, optimizer)`` after
+  the update (``optimizer.t`` is the step count, for schedules). Pruning
+  masks (same keys as params, 0 = pruned) with ``minigpt.optim.apply_masks``,
+  which keeps pruned weights, and AdamW's m and v for them, exactly 0::
+
+      train(model, ds, tcfg,
+            before_step=lambda grads: apply_masks(grads, masks),
+            after_step=lambda params, opt: apply_masks(params, masks, opt))
+
+Validation always reports cross-entropy (and bits per character), the
+yardstick every method is compared by, whatever loss trains the model.
 """
 from __future__ import annotations
 
@@ -13,6 +66,7 @@ import math
 import signal
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -80,6 +134,34 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self._old)
 
 
+def cross_entropy_loss(model: GPT, x, y):
+    """The default loss_fn: the model's mean cross-entropy of next tokens.
+    dlogits None lets model.backward() start from that cross-entropy."""
+    _, loss = model.forward(x, y)
+    return loss, None
+
+
+def _same(grads):
+    return grads
+
+
+@contextmanager
+def _seen_weights(model: GPT, weight_transform):
+    """Inside the block model.params is what weight_transform says the forward
+    sees; yields grad_fn (identity without a transform). The parameters are
+    put back however the block ends."""
+    if weight_transform is None:
+        yield _same
+        return
+    params = model.params
+    seen, grad_fn = weight_transform(params)
+    model.params = seen
+    try:
+        yield grad_fn
+    finally:
+        model.params = params
+
+
 def warm_up_kernels(model: GPT, verbose=True) -> float:
     """Compile (or load from numba's cache) the kernels model's backend uses,
     so that the training clock, tokens/s and the ETA never include it.
@@ -94,7 +176,8 @@ def warm_up_kernels(model: GPT, verbose=True) -> float:
 
 
 def train(model: GPT, dataset: Dataset, tcfg: TrainConfig, out=None, resume: Checkpoint | None = None,
-          progress=True, callback=None, extra_meta=None, log=None) -> TrainResult:
+          progress=True, callback=None, extra_meta=None, log=None, *, loss_fn=cross_entropy_loss,
+          weight_transform=None, before_step=None, after_step=None) -> TrainResult:
     """Train model in place for tcfg.steps steps in total.
 
     out: checkpoint path, written every tcfg.checkpoint_every steps, at the
@@ -103,6 +186,8 @@ def train(model: GPT, dataset: Dataset, tcfg: TrainConfig, out=None, resume: Che
     log(line): called with one line per validation (step, mean training loss
     since the previous one, validation loss, tokens/s), e.g. print, for runs
     without a progress bar.
+    loss_fn, weight_transform, before_step, after_step: how compression
+    methods change a step (see the module docstring); by default none does.
     """
     opt = AdamW(model.params, lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2), eps=tcfg.eps,
                 weight_decay=tcfg.weight_decay)
@@ -144,17 +229,23 @@ def train(model: GPT, dataset: Dataset, tcfg: TrainConfig, out=None, resume: Che
             for step in range(start_step, tcfg.steps):
                 lr = lr_schedule(step, tcfg.lr, tcfg.min_lr, tcfg.warmup_steps, tcfg.steps)
                 x, y = dataset.get_batch("train", tcfg.batch_size, data_rng)  # (B, T)
-                _, loss = model.forward(x, y)
-                if not math.isfinite(loss):
-                    kept = (f"; the last good checkpoint {out} (step {saved['step']}) was kept"
-                            if saved["step"] is not None else "; no checkpoint was written")
-                    raise TrainingDiverged(
-                        f"loss became {loss} at step {step + 1} (try a lower --lr){kept}")
-                grads = model.backward()
+                with _seen_weights(model, weight_transform) as grad_fn:
+                    loss, dlogits = loss_fn(model, x, y)
+                    loss = float(loss)
+                    if not math.isfinite(loss):
+                        kept = (f"; the last good checkpoint {out} (step {saved['step']}) was kept"
+                                if saved["step"] is not None else "; no checkpoint was written")
+                        raise TrainingDiverged(
+                            f"loss became {loss} at step {step + 1} (try a lower --lr){kept}")
+                    grads = grad_fn(model.backward(dlogits))  # dL/dparams
+                if before_step is not None:
+                    before_step(grads)
                 norm = clip_grad_norm(grads, tcfg.grad_clip)
                 if not math.isfinite(norm):
                     raise TrainingDiverged(f"gradient norm became {norm} at step {step + 1} (try a lower --lr)")
                 opt.step(grads, lr)
+                if after_step is not None:
+                    after_step(model.params, opt)
                 done = step + 1
                 result.step = done
                 result.train_losses.append((done, loss))
@@ -162,7 +253,8 @@ def train(model: GPT, dataset: Dataset, tcfg: TrainConfig, out=None, resume: Che
                 postfix = {"loss": f"{loss:.3f}", "tok/s": f"{(done - start_step) * tokens_per_step / elapsed:,.0f}"}
                 if done % tcfg.eval_every == 0 or done == tcfg.steps:
                     model.training = False
-                    val = evaluate(model, dataset, "val", tcfg.batch_size, tcfg.eval_batches)
+                    with _seen_weights(model, weight_transform):  # validate what the forward sees
+                        val = evaluate(model, dataset, "val", tcfg.batch_size, tcfg.eval_batches)
                     model.training = True
                     result.val_losses.append((done, val))
                     if log is not None:

@@ -1,4 +1,5 @@
-"""The training loop: exact resume, Ctrl-C, NaN stop, schedule, clipping, AdamW."""
+"""The training loop: exact resume, Ctrl-C, NaN stop, schedule, clipping, AdamW, and its hooks
+(a loss of one's own, a weight transform, masks around the optimizer step)."""
 import math
 import os
 import signal
@@ -8,7 +9,7 @@ import pytest
 
 from minigpt import (GPT, CharTokenizer, Dataset, GPTConfig, TrainConfig, TrainingDiverged, evaluate,
                      load_checkpoint, load_corpus, train)
-from minigpt.optim import AdamW, clip_grad_norm, lr_schedule
+from minigpt.optim import AdamW, apply_masks, clip_grad_norm, lr_schedule
 
 
 def _setup(dropout=0.1):
@@ -161,3 +162,177 @@ def test_kernel_warm_up_runs_before_the_clock_starts(monkeypatch):
     events.clear()
     train(GPT(cfg, seed=0, tokenizer=tok, backend="numpy"), ds, tcfg, progress=False)
     assert "clock" in events and not any(isinstance(e, tuple) for e in events)  # NumPy: nothing to compile
+
+
+# ----------------------------------------------------------- the open loop
+def _random_masks(params, seed=1, keep=0.5):
+    """Half of every matrix's entries pruned (0), vectors unmasked."""
+    rng = np.random.default_rng(seed)
+    return {k: (rng.random(p.shape) < keep).astype(p.dtype) for k, p in params.items() if p.ndim == 2}
+
+
+def test_apply_masks_zeroes_weights_and_adamw_moments_only_where_masked():
+    p = {"w": np.array([[1.0, np.inf], [3.0, 4.0]]), "b": np.array([5.0, 6.0])}
+    opt = AdamW(p)
+    opt.m["w"][...], opt.v["w"][...] = 7.0, 8.0
+    apply_masks(p, {"w": np.array([[1, 0], [0, 1]])}, opt)
+    assert p["w"].tolist() == [[1.0, 0.0], [0.0, 4.0]]  # inf pruned to 0, not nan
+    assert opt.m["w"].tolist() == [[7.0, 0.0], [0.0, 7.0]] and opt.v["w"].tolist() == [[8.0, 0.0], [0.0, 8.0]]
+    assert p["b"].tolist() == [5.0, 6.0]  # no mask: untouched
+    with pytest.raises(ValueError, match="mask for w has shape"):
+        apply_masks(p, {"w": np.ones(3)})
+
+
+def test_masked_adamw_keeps_exact_zeros_for_50_steps():
+    tok, cfg, ds, tcfg = _setup(dropout=0.1)
+    tcfg = tcfg.replace(steps=50, eval_every=25)
+    model = GPT(cfg, seed=0, tokenizer=tok)
+    masks = _random_masks(model.params)
+    apply_masks(model.params, masks)
+    start = {k: p.copy() for k, p in model.params.items()}
+    checked = []
+
+    def after_step(params, opt):
+        # checked BEFORE re-applying the masks: AdamW's own update, from masked
+        # gradients and zero moments, must have left every pruned entry exactly 0
+        for k, m in masks.items():
+            pruned = m == 0
+            checked.append(not (params[k][pruned].any() or opt.m[k][pruned].any() or opt.v[k][pruned].any()))
+        apply_masks(params, masks, opt)
+
+    train(model, ds, tcfg, progress=False, before_step=lambda grads: apply_masks(grads, masks), after_step=after_step)
+    assert len(checked) == 50 * len(masks) and all(checked)
+    for k, m in masks.items():
+        assert not model.params[k][m == 0].any(), k
+        assert not np.array_equal(model.params[k][m == 1], start[k][m == 1]), k  # the kept weights trained
+
+    # without the hooks the same zeros do not survive one run (what the hooks are for)
+    plain = GPT(cfg, seed=0, tokenizer=tok)
+    apply_masks(plain.params, masks)
+    train(plain, ds, tcfg.replace(steps=1), progress=False)
+    assert all(plain.params[k][m == 0].all() for k, m in masks.items())
+
+
+def test_masked_training_resumes_exactly(tmp_path):
+    tok, cfg, ds, tcfg = _setup(dropout=0.1)
+    masks = _random_masks(GPT(cfg, seed=0).params)
+    hooks = dict(before_step=lambda g: apply_masks(g, masks), after_step=lambda p, opt: apply_masks(p, masks, opt))
+
+    def pruned_model():
+        model = GPT(cfg, seed=0, tokenizer=tok)
+        apply_masks(model.params, masks)
+        return model
+
+    full = pruned_model()
+    r_full = train(full, ds, tcfg, out=tmp_path / "full.npz", progress=False, **hooks)
+    r1 = train(pruned_model(), ds, tcfg, out=tmp_path / "part.npz", progress=False,
+               callback=lambda step, loss: step == 7, **hooks)
+    ckpt = load_checkpoint(tmp_path / "part.npz")
+    r2 = train(ckpt.model, ds, ckpt.train_config, out=tmp_path / "part.npz", resume=ckpt, progress=False, **hooks)
+    assert r1.step == 7 and r2.step == 12
+    assert r2.train_losses == r_full.train_losses and r2.val_losses == r_full.val_losses
+    for k in full.params:
+        assert np.array_equal(full.params[k], ckpt.model.params[k]), k
+
+
+def test_identity_transform_and_no_op_hooks_reproduce_plain_training_bit_for_bit(tmp_path):
+    from minigpt.train import cross_entropy_loss
+
+    tok, cfg, ds, tcfg = _setup(dropout=0.1)  # dropout: the RNG streams must match too
+    variants = {
+        "plain": {},
+        "identity": dict(weight_transform=lambda p: (p, lambda g: g)),
+        "copies": dict(weight_transform=lambda p: ({k: v.copy() for k, v in p.items()}, lambda g: dict(g)),
+                       loss_fn=cross_entropy_loss, before_step=lambda g: None, after_step=lambda p, o: None),
+    }
+    runs = {}
+    for name, kwargs in variants.items():
+        model = GPT(cfg, seed=0, tokenizer=tok)
+        result = train(model, ds, tcfg, out=tmp_path / f"{name}.npz", progress=False, **kwargs)
+        runs[name] = (result, load_checkpoint(tmp_path / f"{name}.npz"))
+    ref, ref_ckpt = runs.pop("plain")
+    for name, (result, ckpt) in runs.items():
+        assert result.train_losses == ref.train_losses and result.val_losses == ref.val_losses, name
+        for k, a in ref_ckpt.model.params.items():
+            assert np.array_equal(ckpt.model.params[k], a), (name, k)
+        for k, a in ref_ckpt.optimizer_state["arrays"].items():
+            assert np.array_equal(ckpt.optimizer_state["arrays"][k], a), (name, k)
+
+
+def test_fake_quant_weights_are_seen_by_the_forward_and_the_master_weights_are_trained(tmp_path):
+    tok, cfg, ds, tcfg = _setup(dropout=0.0)
+    tcfg = tcfg.replace(steps=6, eval_every=6)
+
+    def fake_quant(params, bits=4):  # per output column, straight-through backward
+        seen = dict(params)
+        for k, w in params.items():
+            if w.ndim == 2:
+                s = np.maximum(np.abs(w).max(axis=0), 1e-12) / (2 ** (bits - 1) - 1)
+                seen[k] = (np.round(w / s) * s).astype(w.dtype)
+        return seen, lambda grads: grads
+
+    model = GPT(cfg, seed=0, tokenizer=tok)
+    first_batch = ds.get_batch("train", tcfg.batch_size, np.random.default_rng(tcfg.seed))
+    quantized = GPT(cfg, params=fake_quant(model.params)[0], tokenizer=tok)
+    expected_first_loss = quantized.loss(*first_batch)
+    assert expected_first_loss != model.loss(*first_batch)  # 4 bits change the loss
+    result = train(model, ds, tcfg, out=tmp_path / "q.npz", progress=False, weight_transform=fake_quant)
+    assert result.train_losses[0][1] == expected_first_loss
+    # validation sees the quantized weights too
+    final_q = GPT(cfg, params=fake_quant(model.params)[0], tokenizer=tok)
+    assert result.val_losses[-1][1] == evaluate(final_q, ds, "val", tcfg.batch_size, tcfg.eval_batches)
+    # the checkpoint holds the float master weights (off the 4-bit grid), which the optimizer moved
+    saved = load_checkpoint(tmp_path / "q.npz").model.params["h.0.mlp.c_fc.weight"]
+    assert np.array_equal(saved, model.params["h.0.mlp.c_fc.weight"])
+    assert not np.array_equal(saved, fake_quant(model.params)[0]["h.0.mlp.c_fc.weight"])
+
+
+def _kl_pair(z, p_t):
+    """Distillation loss and its gradient: L = mean over positions of
+    KL(p_t || softmax(z)) = sum_j p_t,j (log p_t,j - log p_s,j); dL/dz = (p_s - p_t) / N."""
+    z = z - z.max(axis=-1, keepdims=True)
+    log_p_s = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))  # (B, T, V)
+    n = z.shape[0] * z.shape[1]
+    loss = float((p_t * (np.log(p_t) - log_p_s)).sum() / n)
+    return loss, (np.exp(log_p_s) - p_t) / n
+
+
+def test_kl_pair_gradient_matches_finite_differences():
+    from minigpt.gradcheck import numerical_gradient, relative_error
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(2, 3, 5))
+    p_t = np.exp(rng.normal(size=(2, 3, 5)))
+    p_t /= p_t.sum(-1, keepdims=True)
+    numeric = numerical_gradient(lambda: _kl_pair(z, p_t)[0], z)
+    assert relative_error(_kl_pair(z, p_t)[1], numeric) < 1e-8  # float64 centered differences
+
+
+def test_a_distillation_loss_drives_training():
+    tok, cfg, ds, tcfg = _setup(dropout=0.0)
+    teacher = GPT(cfg, seed=0, tokenizer=tok)
+    train(teacher, ds, tcfg.replace(steps=40, eval_every=40, lr=1e-2), progress=False)
+    student = GPT(cfg, seed=1, tokenizer=tok)
+    x_val, _ = ds.get_batch("val", 8, np.random.default_rng(5))
+
+    def soft_targets(x):
+        z, _ = teacher.forward(x)
+        p = np.exp(z - z.max(-1, keepdims=True))
+        return p / p.sum(-1, keepdims=True)
+
+    def kl_to_teacher(model):
+        return _kl_pair(model.forward(x_val)[0].astype(np.float64), soft_targets(x_val))[0]
+
+    calls = []
+
+    def distill(model, x, y):  # y unused: the teacher's distribution is the target
+        z, _ = model.forward(x, keep_cache=True)
+        loss, dz = _kl_pair(z.astype(np.float64), soft_targets(x))
+        calls.append(loss)
+        return loss, dz.astype(z.dtype)
+
+    before = kl_to_teacher(student)
+    result = train(student, ds, tcfg.replace(steps=40, eval_every=40, lr=1e-2), progress=False, loss_fn=distill)
+    after = kl_to_teacher(student)
+    assert [loss for _, loss in result.train_losses] == calls  # the loop trained on (and reported) the KL
+    assert after < 0.5 * before, (before, after)
