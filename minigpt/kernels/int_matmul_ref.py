@@ -2,7 +2,8 @@
 define the three quantized products. The numba kernels in int_matmul.py
 must reproduce these (int32 results exactly, float results to rounding).
 
-Symmetric quantization of a vector x to b bits (qmax = 2^(b-1) - 1):
+The quantizers here are the one quantizer of quantizer.py, symmetric
+(zero point 0) with b bits, qmax = 2^(b-1) - 1:
     scale = max|x| / qmax   (1 if x is all zero, so nothing divides by 0)
     q = clip(round(x / scale), -qmax, qmax),   x ~ q * scale
 -128 is never produced (symmetric range), but the kernels accept it.
@@ -29,21 +30,13 @@ The three products, x (M, K) float, W (K, N):
 """
 import numpy as np
 
-INT8_QMAX = 127
-INT4_QMAX = 7
-
-
-def _symmetric_scale(absmax, qmax, dtype):
-    scale = (absmax / qmax).astype(dtype)
-    return np.where(scale > 0, scale, np.ones_like(scale))  # an all-zero slice gets scale 1
+from .quantizer import quantize_tensor
 
 
 def quantize_per_row(x):
     """x (M, K) float -> (q (M, K) int8, scale (M,) x.dtype): one scale per row."""
-    x = np.asarray(x)
-    scale = _symmetric_scale(np.abs(x).max(axis=1), INT8_QMAX, x.dtype)  # (M,)
-    q = np.clip(np.rint(x / scale[:, None]), -INT8_QMAX, INT8_QMAX).astype(np.int8)
-    return q, scale
+    t = quantize_tensor(x, bits=8, symmetric=True, axis=0)
+    return t.q, t.scale
 
 
 def quantize_per_channel(w):
@@ -56,20 +49,21 @@ def dequantize_int8(q, scale):
     return q.astype(scale.dtype) * scale[:, None]
 
 
-def quantize_int4_groupwise(w, group=32):
+def quantize_int4_groupwise(w, group=32, bits=4):
     """w (K, N) float -> (packed (K/2, N) uint8, scales (K/group, N)).
 
     Each run of `group` consecutive inputs of an output column shares one
-    scale (max|w| / 7 over the run). K must be a multiple of group, group even.
+    scale (max|w| / qmax over the run; qmax = 7 for 4 bits, 3 for 3, 1 for 2:
+    fewer bits still take a nibble). K must be a multiple of group, group even.
     """
     w = np.asarray(w)
     K, N = w.shape
     if group % 2 or K % group:
         raise ValueError(f"K={K} must be a multiple of an even group size (got group={group})")
-    g = w.reshape(K // group, group, N)  # (G, group, N)
-    scales = _symmetric_scale(np.abs(g).max(axis=1), INT4_QMAX, w.dtype)  # (G, N)
-    q = np.clip(np.rint(g / scales[:, None, :]), -INT4_QMAX, INT4_QMAX).astype(np.int8).reshape(K, N)
-    return pack_int4(q, group), scales
+    if not 2 <= bits <= 4:
+        raise ValueError(f"a nibble holds 2 to 4 bits, got bits={bits}")
+    t = quantize_tensor(w, bits=bits, symmetric=True, group=group, group_axis=0)  # q (K, N), scales (K/g, N)
+    return pack_int4(t.q, group), t.scale
 
 
 def pack_int4(q, group):
