@@ -2,7 +2,8 @@
 
 Inside: every parameter under its GPT-2 name (``wte.weight``, ``h.0.ln_1.bias``
 ...), optionally the optimizer moments (``optimizer.m.<name>``,
-``optimizer.v.<name>``), and ``__meta__``: UTF-8 JSON bytes holding the format
+``optimizer.v.<name>``), pruning masks (``mask.<name>``, bool, True = alive:
+see minigpt.prune), and ``__meta__``: UTF-8 JSON bytes holding the format
 name and version, the model config, the vocabulary, the training step and
 config, the RNG states, and the corpus the model was trained on.
 """
@@ -24,6 +25,7 @@ from .tokenizer import CharTokenizer
 FORMAT = "minigpt-checkpoint"
 VERSION = 1
 META_KEY = "__meta__"
+MASK_PREFIX = "mask."  # a pruning mask of the parameter named after it
 
 
 @dataclass
@@ -36,6 +38,7 @@ class Checkpoint:
     optimizer_state: dict | None = None  # {"t": int, "arrays": {...}}
     rng_state: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    masks: dict | None = None  # pruning masks {parameter name: bool array}; train() keeps them
 
     @property
     def tokenizer(self):
@@ -95,10 +98,11 @@ class CheckpointFile:
     params: dict
     optimizer_arrays: dict
     meta: dict
+    masks: dict = field(default_factory=dict)
 
 
 def save_checkpoint(path, model, step=0, optimizer=None, train_config=None,
-                    rng_state=None, extra=None):
+                    rng_state=None, extra=None, masks=None):
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -122,6 +126,10 @@ def save_checkpoint(path, model, step=0, optimizer=None, train_config=None,
                                   f"holds only plain numeric arrays (no pickles)")
     if optimizer is not None:
         arrays.update(optimizer.state_arrays())
+    for name, m in (masks or {}).items():
+        if name not in arrays or np.shape(m) != arrays[name].shape:
+            raise CheckpointError(f"cannot save the mask of {name}: no parameter of its shape {np.shape(m)}")
+        arrays[MASK_PREFIX + name] = np.asarray(m, dtype=bool)
     arrays[META_KEY] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
@@ -198,15 +206,21 @@ def read_checkpoint(path) -> CheckpointFile:
             f"{path}: vocabulary has {tokenizer.vocab_size} characters but config.vocab_size={config.vocab_size}"
         )
 
+    masks = {k[len(MASK_PREFIX):]: arrays.pop(k) for k in list(arrays) if k.startswith(MASK_PREFIX)}
     params = {k: np.array(a) for k, a in arrays.items() if not k.startswith("optimizer.")}  # own, writeable
     opt_arrays = {k: a for k, a in arrays.items() if k.startswith("optimizer.")}
-    return CheckpointFile(config=config, tokenizer=tokenizer, params=params, optimizer_arrays=opt_arrays, meta=meta)
+    return CheckpointFile(config=config, tokenizer=tokenizer, params=params, optimizer_arrays=opt_arrays, meta=meta,
+                          masks=masks)
 
 
-def checkpoint_state(path, meta: dict, params: dict, optimizer_arrays: dict) -> dict:
+def checkpoint_state(path, meta: dict, params: dict, optimizer_arrays: dict, masks=None) -> dict:
     """The training state of a checkpoint as Checkpoint's keyword arguments
-    (less the model): step, train_config, optimizer_state, rng_state, meta.
-    The optimizer moments must match the parameters' shapes."""
+    (less the model): step, train_config, optimizer_state, rng_state, meta,
+    masks. The optimizer moments and the masks must match the parameters' shapes."""
+    for name, m in (masks or {}).items():
+        if name not in params or m.shape != params[name].shape or m.dtype != np.bool_:
+            raise CheckpointError(f"{path}: the mask {MASK_PREFIX}{name} ({m.dtype} {m.shape}) is not a bool "
+                                  f"array shaped like a parameter of that name")
     rng_state = dict(meta.get("rng_state") or {})
     opt = None
     if meta.get("optimizer_t") is not None:
@@ -220,4 +234,4 @@ def checkpoint_state(path, meta: dict, params: dict, optimizer_arrays: dict) -> 
     if meta.get("train_config"):
         train_config = TrainConfig.from_dict(meta["train_config"])
     return dict(step=int(meta.get("step", 0)), train_config=train_config, optimizer_state=opt,
-                rng_state=rng_state, meta=meta)
+                rng_state=rng_state, meta=meta, masks=dict(masks) if masks else None)

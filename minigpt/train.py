@@ -57,6 +57,9 @@ them and runs the same loop. One step, in order:
             before_step=lambda grads: apply_masks(grads, masks),
             after_step=lambda params, opt: apply_masks(params, masks, opt))
 
+  which is what ``train(..., masks=masks)`` does for you (the masks are
+  then also saved in the checkpoints, and a resumed run keeps them).
+
 Validation always reports cross-entropy (and bits per character), the
 yardstick every method is compared by, whatever loss trains the model.
 """
@@ -77,7 +80,7 @@ from .config import TrainConfig
 from .data import Dataset
 from .errors import TrainingDiverged
 from .model import GPT
-from .optim import AdamW, clip_grad_norm, lr_schedule
+from .optim import AdamW, apply_masks, clip_grad_norm, lr_schedule
 from .tokenizer import CharTokenizer
 
 
@@ -162,6 +165,22 @@ def _seen_weights(model: GPT, weight_transform):
         model.params = params
 
 
+def _with_masks(masks, before_step, after_step):
+    """The hooks wrapped so that masked gradients are 0 before before_step
+    and masked weights and moments are 0 after after_step."""
+    def before(grads):
+        apply_masks(grads, masks)
+        if before_step is not None:
+            before_step(grads)
+
+    def after(params, opt):
+        if after_step is not None:
+            after_step(params, opt)
+        apply_masks(params, masks, opt)
+
+    return before, after
+
+
 def warm_up_kernels(model: GPT, verbose=True) -> float:
     """Compile (or load from numba's cache) the kernels model's backend uses,
     so that the training clock, tokens/s and the ETA never include it.
@@ -177,7 +196,7 @@ def warm_up_kernels(model: GPT, verbose=True) -> float:
 
 def train(model: GPT, dataset: Dataset, tcfg: TrainConfig, out=None, resume: Checkpoint | None = None,
           progress=True, callback=None, extra_meta=None, log=None, *, loss_fn=cross_entropy_loss,
-          weight_transform=None, before_step=None, after_step=None) -> TrainResult:
+          weight_transform=None, before_step=None, after_step=None, masks=None) -> TrainResult:
     """Train model in place for tcfg.steps steps in total.
 
     out: checkpoint path, written every tcfg.checkpoint_every steps, at the
@@ -188,6 +207,9 @@ def train(model: GPT, dataset: Dataset, tcfg: TrainConfig, out=None, resume: Che
     without a progress bar.
     loss_fn, weight_transform, before_step, after_step: how compression
     methods change a step (see the module docstring); by default none does.
+    masks: pruning masks ({name: bool or 0/1 array}, 0 = pruned; default:
+    resume.masks) held at exactly 0 with their AdamW moments, around any
+    before_step/after_step given, and saved in every checkpoint.
     """
     opt = AdamW(model.params, lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2), eps=tcfg.eps,
                 weight_decay=tcfg.weight_decay)
@@ -202,6 +224,10 @@ def train(model: GPT, dataset: Dataset, tcfg: TrainConfig, out=None, resume: Che
         result.train_losses = [tuple(x) for x in history.get("train", [])]
         result.val_losses = [tuple(x) for x in history.get("val", [])]
         result.step = resume.step
+        masks = resume.masks if masks is None else masks
+    if masks:
+        apply_masks(model.params, masks, opt)  # masked from the first step on, moments included
+        before_step, after_step = _with_masks(masks, before_step, after_step)
     saved = {"step": None}
 
     def save(step):
@@ -210,7 +236,7 @@ def train(model: GPT, dataset: Dataset, tcfg: TrainConfig, out=None, resume: Che
         meta = dict(extra_meta or {})
         meta["history"] = {"train": result.train_losses, "val": result.val_losses}
         save_checkpoint(out, model, step=step, optimizer=opt, train_config=tcfg,
-                        rng_state={"data": data_rng.bit_generator.state}, extra=meta)
+                        rng_state={"data": data_rng.bit_generator.state}, extra=meta, masks=masks)
         saved["step"] = step
 
     tokens_per_step = tcfg.batch_size * dataset.block_size
