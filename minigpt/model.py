@@ -24,6 +24,7 @@ from .layers.cross_entropy import cross_entropy_backward, cross_entropy_forward
 from .layers.dropout import dropout_backward, dropout_forward
 from .layers.embedding import embedding_backward, embedding_forward
 from .layers.lm_head import lm_head_backward, lm_head_forward
+from .layers.sparse_linear import SPARSE_KEYS, csr_problem
 from .ops import check_backend, op_table
 from .sampling import check_sampling_args, sample_next_token
 
@@ -90,6 +91,7 @@ def check_params(params: dict, config: GPTConfig, error=ConfigError, where=""):
     expected = param_shapes(config, layers)
     gates = {f"h.{i}.attn.head_gate": (H,) for i, (H, _) in enumerate(layers)}
     quantized = _quantized_expected(params, expected, error, prefix)
+    quantized.update(_sparse_expected(params, expected, error, prefix))
     for name in quantized:
         expected.pop(name[: name.index(".weight") + len(".weight")], None)
     missing = [k for k in expected if k not in names]
@@ -133,6 +135,28 @@ def _quantized_expected(params, expected, error, prefix) -> dict:
             g = int(g)
             out.update({wname + ".int4": ((K // 2, N), np.uint8), wname + ".scales": ((K // g, N), fdtype),
                         wname + ".group": ((), np.int64)})
+    return out
+
+
+def _sparse_expected(params, expected, error, prefix) -> dict:
+    """{name: (shape, dtype)} of every CSR array in params (minigpt.layers.sparse_linear),
+    once they are checked to describe a valid sparse weight of the expected shape."""
+    out = {}
+    for wname, shape in expected.items():
+        if wname + ".csr_indptr" not in params or wname in params or len(shape) != 2:
+            continue  # (a weight stored both dense and sparse: its CSR arrays are reported as unexpected)
+        names = [f"{wname}.{key}" for key in SPARSE_KEYS]
+        for n in names:
+            if not isinstance(params.get(n), np.ndarray):
+                raise error(f"{prefix}sparse weight {wname} has no array {n}")
+        arrays = {key[len("csr_"):]: params[n] for key, n in zip(SPARSE_KEYS, names)}
+        bias = params.get(wname[: -len(".weight")] + ".bias")
+        problem = csr_problem(arrays, *shape)
+        if problem is None and bias is not None and arrays["values"].dtype != bias.dtype:
+            problem = f"csr_values is {arrays['values'].dtype}, but the layer computes in {bias.dtype}"
+        if problem:
+            raise error(f"{prefix}sparse weight {wname}: {problem}")
+        out.update({n: (params[n].shape, params[n].dtype) for n in names})
     return out
 
 
@@ -364,7 +388,9 @@ class GPT:
         for name, p in self.params.items():
             if name.endswith((".int8", ".int4")):
                 n += p.size * (2 if name.endswith(".int4") else 1)  # int4: two weights a byte
-            elif not name.endswith((".scale", ".scales", ".group")):
+            elif name.endswith(".csr_shape"):  # a sparse weight counts as the K x N it stands for
+                n += int(np.prod(p))
+            elif not name.endswith((".scale", ".scales", ".group", ".csr_values", ".csr_indices", ".csr_indptr")):
                 n += p.size
         return int(n)
 

@@ -4,6 +4,7 @@
     fwd, bwd = table["attention"]      # causal attention core, (B, H, T, D)
     fwd, bwd = table["gelu"]           # "layernorm", "linear" likewise
     fwd, _ = table["int8_weight_matmul"]   # integer products: forward only
+    fwd, _ = table["sparse_matmul"]        # CSR weight (minigpt.layers.sparse_linear): forward only
 
 "numpy" is the reference: the functions in minigpt.layers that follow each
 formula and define the op. "numba" swaps in the compiled kernels of
@@ -24,7 +25,8 @@ import functools
 from .errors import ConfigError
 
 BACKENDS = ("numpy", "numba")  # "numpy" defines every op; "numba" is the default
-OPS = ("attention", "gelu", "layernorm", "linear", "int8_weight_matmul", "int4_weight_matmul")
+OPS = ("attention", "gelu", "layernorm", "linear", "sparse_matmul",
+       "int8_weight_matmul", "int4_weight_matmul")
 
 
 def _reference_ops() -> dict:
@@ -38,6 +40,7 @@ def _numba_ops() -> dict:
     from .kernels.gelu import gelu_backward, gelu_forward
     from .kernels.int_matmul import int4_weight_matmul, int8_weight_matmul
     from .kernels.layernorm import layernorm_backward, layernorm_forward
+    from .kernels.sparse import sparse_matmul
 
     return {
         "attention": (attention_forward, attention_backward),
@@ -45,6 +48,7 @@ def _numba_ops() -> dict:
         "layernorm": (layernorm_forward, layernorm_backward),
         "int8_weight_matmul": (int8_weight_matmul, None),  # forward only: integer weights are frozen
         "int4_weight_matmul": (int4_weight_matmul, None),
+        "sparse_matmul": (sparse_matmul, None),  # forward only: a sparse weight is frozen
     }
 
 

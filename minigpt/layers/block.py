@@ -12,7 +12,8 @@ names without the "h.{i}." prefix: "ln_1.weight", "ln_1.bias",
 "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight", ...,
 "mlp.c_proj.bias", and optionally "attn.head_gate" (H,). A linear layer's
 weight may be stored as integers instead (minigpt.layers.quantized_linear:
-"mlp.c_fc.weight.int8" and its scales in place of "mlp.c_fc.weight").
+"mlp.c_fc.weight.int8" and its scales in place of "mlp.c_fc.weight"), or
+sparse (minigpt.layers.sparse_linear: "mlp.c_fc.weight.csr_values", ...).
 
 Shapes come from the weights, so a pruned block is still a block:
     c_attn (C, 3 H D), c_proj (H D, C)  -> H heads of size D (the model's head size)
@@ -34,6 +35,8 @@ from .gelu import gelu_backward, gelu_forward
 from .head_gate import head_gate_backward, head_gate_forward
 from .layernorm import layernorm_backward, layernorm_forward
 from .linear import linear_backward, linear_forward
+from .sparse_linear import is_sparse_cache, sparse_arrays, sparse_format, sparse_linear_backward
+from .sparse_linear import sparse_linear_forward, sparse_matmul_ref
 from .quantized_linear import (
     quantized_arrays,
     quantized_format,
@@ -51,6 +54,7 @@ REFERENCE_OPS = {
     "linear": (linear_forward, linear_backward),
     "int8_weight_matmul": (int8_weight_matmul_ref, None),
     "int4_weight_matmul": (int4_weight_matmul_ref, None),
+    "sparse_matmul": (sparse_matmul_ref, None),  # a sparse weight is frozen too
 }
 
 LINEARS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
@@ -68,6 +72,8 @@ def _width(p, name) -> int:
 
 def _linear_forward(x, p, name, ops):
     """The linear layer `name` of p: float weight, or integer weight (minigpt.layers.quantized_linear)."""
+    if sparse_format(p, name):  # a CSR weight (minigpt.layers.sparse_linear)
+        return sparse_linear_forward(x, sparse_arrays(p, name), p[name + ".bias"], ops["sparse_matmul"][0])
     if quantized_format(p, name) is None:
         return ops["linear"][0](x, p[name + ".weight"], p[name + ".bias"])
     matmuls = {"int8": ops["int8_weight_matmul"][0], "int4": ops["int4_weight_matmul"][0]}
@@ -75,6 +81,8 @@ def _linear_forward(x, p, name, ops):
 
 
 def _linear_backward(dout, cache, ops):
+    if is_sparse_cache(cache):  # (x, CSR arrays): the weight is frozen
+        return sparse_linear_backward(dout, cache)
     if isinstance(cache[1], dict):  # (x, quantized arrays): the weight is frozen
         return quantized_linear_backward(dout, cache)
     return ops["linear"][1](dout, cache)
