@@ -99,6 +99,13 @@ def int8_matmul_ref(a_q, a_scale, w_q, w_scale):
     return (acc.astype(a_scale.dtype) * a_scale[:, None]) * w_scale[None, :]
 
 
+def w8a8_matmul_ref(x, w_q, w_scale):
+    """Product 1 from float x (M, K): each row quantized on the fly (quantize_per_row,
+    one scale per token), then int32 accumulation and rescaling -> (M, N) in x's dtype."""
+    a_q, a_scale = quantize_per_row(x)
+    return int8_matmul_ref(a_q, a_scale, w_q, w_scale.astype(a_scale.dtype))
+
+
 def int8_weight_matmul_ref(x, w_q, w_scale):
     """Product 2: x (M, K) float, int8 weights -> x @ dequantize(w)^T (M, N)."""
     return x @ dequantize_int8(w_q, w_scale.astype(x.dtype)).T

@@ -1,15 +1,38 @@
-"""Quantization: models whose weights are stored as integers.
+"""Quantization: models whose weights (and activations) are stored as integers.
 
-    qmodel = quantize_model(model, "int8")            # or "int4" (group-wise)
+    qmodel = quantize_model(model, "int4", group=32)  # "int8" | "int4" | "w8a8" | "q8_0" | "q4_0"
     qmodel.generate(...); qmodel.save("q.npz")        # plain arrays: no pickle
-    weight_bytes(qmodel.params)                       # what the weights take
+    weight_bytes(qmodel.params), bits_per_weight(qmodel.params)
 
 A quantized model is the same GPT with some linear weights replaced by
 integer arrays and their scales in the parameter dict (the format is in
 minigpt.layers.quantized_linear); its forward runs them through the integer
-products of the op table. The quantizers and integer kernels themselves are
-in minigpt.kernels.int_matmul_ref / int_matmul.
-"""
-from .weights import QUANTIZED_SUFFIXES, quantize_model, quantize_params, weight_bytes
+products of the op table.
 
-__all__ = ["QUANTIZED_SUFFIXES", "quantize_model", "quantize_params", "weight_bytes"]
+The pieces, each usable on its own:
+    quantize_tensor, QTensor, scale_zero_point, fake_quantize   the one quantizer
+                                  (minigpt.kernels.quantizer, re-exported here)
+    quantize_blocks, dequantize_blocks, bits_per_block_weight   llama.cpp's Q8_0 / Q4_0
+"""
+from ..kernels.block_formats import bits_per_weight as bits_per_block_weight
+from ..kernels.block_formats import dequantize_blocks, quantize_blocks
+from ..kernels.quantizer import QTensor, fake_quantize, int_range, quantize_tensor, scale_zero_point
+from .weights import (
+    KINDS,
+    QUANTIZED_SUFFIXES,
+    bits_per_weight,
+    dequantize_params,
+    is_quantized,
+    kind_for_bits,
+    quantize_model,
+    quantize_params,
+    quantized_layers,
+    weight_bytes,
+)
+
+__all__ = [
+    "KINDS", "QUANTIZED_SUFFIXES", "QTensor", "bits_per_block_weight", "bits_per_weight", "dequantize_blocks",
+    "dequantize_params", "fake_quantize", "int_range", "is_quantized", "kind_for_bits", "quantize_blocks",
+    "quantize_model", "quantize_params", "quantize_tensor", "quantized_layers", "scale_zero_point",
+    "weight_bytes",
+]
