@@ -19,6 +19,7 @@ import numpy as np
 from .checkpoint import Checkpoint, checkpoint_state, read_checkpoint, save_checkpoint
 from .config import GPTConfig
 from .errors import CheckpointError, ConfigError
+from .kernels.block_formats import BLOCK, BLOCK_BYTES
 from .layers.block import block_backward, block_forward
 from .layers.cross_entropy import cross_entropy_backward, cross_entropy_forward
 from .layers.dropout import dropout_backward, dropout_forward
@@ -128,6 +129,13 @@ def _quantized_expected(params, expected, error, prefix) -> dict:
         fdtype = params[wname[: -len(".weight")] + ".bias"].dtype
         if wname + ".int8" in params:
             out.update({wname + ".int8": ((N, K), np.int8), wname + ".scale": ((N,), fdtype)})
+        elif wname + ".w8a8" in params:
+            out.update({wname + ".w8a8": ((N, K), np.int8), wname + ".scale": ((N,), fdtype)})
+        elif any(f"{wname}.{fmt}" in params for fmt in BLOCK_BYTES):
+            fmt = next(f for f in BLOCK_BYTES if f"{wname}.{f}" in params)
+            if K % BLOCK:
+                raise error(f"{prefix}{wname}.{fmt} stands for {K} inputs, not a multiple of {BLOCK}")
+            out[f"{wname}.{fmt}"] = ((N, K // BLOCK * BLOCK_BYTES[fmt]), np.uint8)
         elif wname + ".int4" in params:
             g = params.get(wname + ".group")
             if g is None or g.shape != () or g.dtype.kind != "i" or g <= 0 or g % 2 or K % g:
@@ -386,8 +394,10 @@ class GPT:
         """Parameters the model computes with (an integer weight counts as the K x N weights it stands for)."""
         n = 0
         for name, p in self.params.items():
-            if name.endswith((".int8", ".int4")):
+            if name.endswith((".int8", ".int4", ".w8a8")):
                 n += p.size * (2 if name.endswith(".int4") else 1)  # int4: two weights a byte
+            elif name.endswith(tuple(f".{fmt}" for fmt in BLOCK_BYTES)):  # 32 weights a block
+                n += p.size // BLOCK_BYTES[name.rsplit(".", 1)[1]] * BLOCK
             elif name.endswith(".csr_shape"):  # a sparse weight counts as the K x N it stands for
                 n += int(np.prod(p))
             elif not name.endswith((".scale", ".scales", ".group", ".csr_values", ".csr_indices", ".csr_indptr")):
