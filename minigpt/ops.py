@@ -26,7 +26,8 @@ from .errors import ConfigError
 
 BACKENDS = ("numpy", "numba")  # "numpy" defines every op; "numba" is the default
 OPS = ("attention", "gelu", "layernorm", "linear", "sparse_matmul",
-       "int8_weight_matmul", "int4_weight_matmul")
+       "int8_weight_matmul", "int4_weight_matmul", "w8a8_matmul",
+       "block_weight_matmul")
 
 
 def _reference_ops() -> dict:
@@ -38,7 +39,7 @@ def _reference_ops() -> dict:
 def _numba_ops() -> dict:
     from .kernels.attention import attention_backward, attention_forward
     from .kernels.gelu import gelu_backward, gelu_forward
-    from .kernels.int_matmul import int4_weight_matmul, int8_weight_matmul
+    from .kernels.int_matmul import int4_weight_matmul, int8_weight_matmul, quantized_linear_int8
     from .kernels.layernorm import layernorm_backward, layernorm_forward
     from .kernels.sparse import sparse_matmul
 
@@ -49,6 +50,7 @@ def _numba_ops() -> dict:
         "int8_weight_matmul": (int8_weight_matmul, None),  # forward only: integer weights are frozen
         "int4_weight_matmul": (int4_weight_matmul, None),
         "sparse_matmul": (sparse_matmul, None),  # forward only: a sparse weight is frozen
+        "w8a8_matmul": (quantized_linear_int8, None),  # x quantized per token, then int8 x int8
     }
 
 

@@ -27,7 +27,8 @@ linear layer's cache starts with its input, which is what calibration reads
 """
 from __future__ import annotations
 
-from ..kernels.int_matmul_ref import int4_weight_matmul_ref, int8_weight_matmul_ref
+from ..kernels.block_formats import block_weight_matmul_ref
+from ..kernels.int_matmul_ref import int4_weight_matmul_ref, int8_weight_matmul_ref, w8a8_matmul_ref
 from .attention import causal_attention_backward, causal_attention_forward
 from .attention import multihead_attention_backward, multihead_attention_forward
 from .dropout import dropout_backward, dropout_forward
@@ -55,6 +56,8 @@ REFERENCE_OPS = {
     "int8_weight_matmul": (int8_weight_matmul_ref, None),
     "int4_weight_matmul": (int4_weight_matmul_ref, None),
     "sparse_matmul": (sparse_matmul_ref, None),  # a sparse weight is frozen too
+    "w8a8_matmul": (w8a8_matmul_ref, None),
+    "block_weight_matmul": (block_weight_matmul_ref, None),
 }
 
 LINEARS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
@@ -76,7 +79,8 @@ def _linear_forward(x, p, name, ops):
         return sparse_linear_forward(x, sparse_arrays(p, name), p[name + ".bias"], ops["sparse_matmul"][0])
     if quantized_format(p, name) is None:
         return ops["linear"][0](x, p[name + ".weight"], p[name + ".bias"])
-    matmuls = {"int8": ops["int8_weight_matmul"][0], "int4": ops["int4_weight_matmul"][0]}
+    matmuls = {"int8": ops["int8_weight_matmul"][0], "int4": ops["int4_weight_matmul"][0],
+               "w8a8": ops["w8a8_matmul"][0], "blocks": ops["block_weight_matmul"][0]}
     return quantized_linear_forward(x, quantized_arrays(p, name), p[name + ".bias"], matmuls)
 
 
