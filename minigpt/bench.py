@@ -15,6 +15,11 @@ Sections (shapes from the issue that asked for this benchmark):
 - attention, forward and forward+backward: B=16, 4 heads, head size 32, float32;
 - integer matmul, GOPS = 2 M K N / time, at the base model's shapes and
   GPT-2-small's, and one decoding row (M = 1);
+- sparse x dense (CSR, numba) against the dense float32 product at
+  768 x 3072, one decoding row and 512 rows, across sparsities (crossover);
+- structured pruning: a GPT-2-small block's MLP with half its neurons
+  removed and its attention with half its heads removed, against the dense
+  ones, with the NumPy reference ops and the numba ops;
 - one training step (forward, backward, clipping, AdamW) of the base preset;
 - generation with a KV cache, batch 1, at GPT-2-small's shape with float32,
   int8 and int4 weights.
@@ -257,6 +262,154 @@ def bench_int_matmul(quick, torch):
     return rows
 
 
+
+# ---------------------------------------------------------- sparse products
+def crossover(points):
+    """The sparsity from which the sparse product is faster than dense, from
+    [(sparsity, speed-up over dense)] (any order): the point where the
+    speed-up reaches 1 and stays above it, interpolated linearly in
+    log(speed-up) between the two measured sparsities around it. Returns
+    (value, text): (s, "~s%"), (None, "below s%") if sparse wins at every
+    measured sparsity, (None, "above s%") if at none."""
+    points = sorted(points)
+    wins = [r >= 1.0 for _, r in points]
+    if all(wins):
+        return None, f"below {points[0][0]:.0%}"
+    if not wins[-1]:
+        return None, f"above {points[-1][0]:.0%}"
+    i = len(wins) - wins[::-1].index(False)  # first sparsity of the final run of wins
+    (s0, r0), (s1, r1) = points[i - 1], points[i]
+    s = s0 + (s1 - s0) * (-np.log(r0)) / (np.log(r1) - np.log(r0))
+    return s, f"~{s:.0%}"
+
+
+def _interleaved_medians(fns, repeats):
+    """{name: median seconds}: one untimed call each, then `repeats` rounds that
+    time every fn once in turn, so a burst of load from other processes falls on
+    all of them alike instead of on whichever ran during it (the ratios are what
+    these sections report)."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _pruned_weight(rng, K, N, sparsity):
+    """A (K, N) float32 weight with round(sparsity K N) zeros at random places."""
+    w = (rng.standard_normal((K, N)) / np.sqrt(K)).astype(np.float32)
+    w.reshape(-1)[rng.permutation(K * N)[: round(sparsity * K * N)]] = 0
+    return w
+
+
+SPARSE_SHAPE, SPARSE_BATCH = (768, 3072), 512  # GPT-2-small's mlp.c_fc (K, N); rows of the batch product
+
+
+def bench_sparse(quick, torch):
+    """CSR x dense (numba) against the dense float32 product (BLAS) of the same
+    pruned matrix, zeros included, at GPT-2-small's 768 x 3072: one decoding
+    row and a batch of 512 rows, across sparsities; the crossover is in each title."""
+    import numba
+
+    from .kernels import threads
+    from .kernels.sparse import GATHER_COST, GATHER_ROWS, sparse_matmul
+    from .layers.sparse_linear import csr_from_dense
+    from .prune.sparse import csr_nbytes
+
+    K, N = SPARSE_SHAPE
+    sparsities = (0.5, 0.7, 0.8, 0.9, 0.95) if quick else (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
+    rng = np.random.default_rng(0)
+    weights = {s: _pruned_weight(rng, K, N, s) for s in sparsities}
+    rows = []
+    for section, M, repeats in (("sparse matvec", 1, 50 if quick else 200),
+                                ("sparse matmul", SPARSE_BATCH, 3 if quick else 10)):
+        x = rng.standard_normal((M, K)).astype(np.float32)
+        times, labels = {}, {}
+        for s, w in weights.items():
+            c = csr_from_dense(w)
+            work = (GATHER_COST if M < GATHER_ROWS else 1) * M * c["values"].size  # what threads_for weighs
+            n = 1 if work < threads.SMALL_WORK else numba.get_num_threads()
+            labels[s] = f"numba CSR, {n} thread{'s' if n > 1 else ''} ({csr_nbytes(c) / 2**20:.1f} MB)"
+            times[s] = _interleaved_medians({
+                "dense": lambda x=x, w=w: x @ w,
+                "csr": lambda x=x, c=c: sparse_matmul(x, c["values"], c["indices"], c["indptr"])}, repeats)
+        speedups = {s: t["dense"] / t["csr"] for s, t in times.items()}
+        _, where = crossover(list(speedups.items()))
+        about = (f"{K} x {N} float32, {'one decoding row' if M == 1 else f'{M} rows'} (M={M}); dense multiplies "
+                 f"the zeros too ({K * N * 4 / 2**20:.1f} MB); sparse faster from {where} sparsity")
+        for s, t in times.items():
+            case = f"{s:.0%} zeros"
+            rows.append(_row(section, about, case, "numpy float32 @ (dense)", t["dense"], "numpy float32 @ (dense)", 1.0))
+            rows.append(_row(section, about, case, labels[s], t["csr"], "numpy float32 @ (dense)", speedups[s]))
+    return rows
+
+
+# ------------------------------------------------------- structured pruning
+def _mlp_forward(u, p, ops):
+    """The block's MLP branch, mlp(u) = c_proj(gelu(c_fc(u))), through the op table ops."""
+    m, _ = ops["linear"][0](u, p["mlp.c_fc.weight"], p["mlp.c_fc.bias"])  # (B, T, F)
+    m, _ = ops["gelu"][0](m)
+    return ops["linear"][0](m, p["mlp.c_proj.weight"], p["mlp.c_proj.bias"])[0]  # (B, T, C)
+
+
+def _attention_forward(u, p, ops, head_size):
+    """The block's attention branch, c_proj(heads(c_attn(u))), through the op table ops."""
+    from .layers.attention import multihead_attention_forward
+    from .layers.block import block_heads
+
+    a, _ = ops["linear"][0](u, p["attn.c_attn.weight"], p["attn.c_attn.bias"])  # (B, T, 3 H D)
+    a, _ = multihead_attention_forward(a, block_heads(p, head_size), ops["attention"])  # (B, T, H D)
+    return ops["linear"][0](a, p["attn.c_proj.weight"], p["attn.c_proj.bias"])[0]  # (B, T, C)
+
+
+STRUCTURED_BLOCK = {"n_head": 12, "n_embd": 768}  # GPT-2-small's block
+STRUCTURED_TOKENS = {False: (4, 256), True: (2, 256)}  # (B, T) by quick
+
+
+def bench_structured(quick, torch):
+    """A GPT-2-small block's MLP and attention before and after removing half of
+    its neurons / heads (minigpt.prune: smaller matrices), each through the
+    NumPy reference ops and the numba ops; speed-up over the dense layer with the same ops."""
+    from .config import GPTConfig
+    from .model import init_params
+    from .ops import op_table
+    from .prune import remove_heads, remove_neurons
+
+    cfg = GPTConfig(vocab_size=96, block_size=256, n_layer=1, **STRUCTURED_BLOCK)
+    B, T = STRUCTURED_TOKENS[quick]
+    H, F = cfg.n_head, 4 * cfg.n_embd
+    dense = init_params(cfg, seed=0)
+    rng = np.random.default_rng(0)
+    pruned = {
+        "mlp": remove_neurons(dense, cfg, {0: sorted(rng.permutation(F)[: F // 2].tolist())}),
+        "attention": remove_heads(dense, cfg, {0: sorted(rng.permutation(H)[: H // 2].tolist())}),
+    }
+    u = rng.standard_normal((B, T, cfg.n_embd)).astype(np.float32)  # a LayerNorm's output: unit scale
+    block = {name: {k[len("h.0."):]: v for k, v in P.items() if k.startswith("h.0.")}
+             for name, P in (("dense", dense), *pruned.items())}
+    labels = {"mlp": (f"dense ({F} neurons)", f"half the neurons removed ({F // 2})"),
+              "attention": (f"dense ({H} heads)", f"half the heads removed ({H // 2})")}
+    rows = []
+    about = (f"a block {cfg.n_embd} wide, {H} heads of {cfg.head_size}, MLP {F} (GPT-2-small's), B={B} x T={T}, "
+             "float32; each layer's forward, pruned vs dense with the same ops")
+    for part, forward in (("mlp", _mlp_forward), ("attention", _attention_forward)):
+        for backend in ("numpy", "numba"):
+            ops = op_table(backend)
+            args = (ops, cfg.head_size) if part == "attention" else (ops,)
+            times = _interleaved_medians({
+                "dense": lambda p=block["dense"], a=args, f=forward: f(u, p, *a),
+                "pruned": lambda p=block[part], a=args, f=forward: f(u, p, *a)}, 3 if quick else 10)
+            case = f"{'MLP' if part == 'mlp' else 'attention'}, {backend} ops"
+            for which, label in zip(("dense", "pruned"), labels[part]):
+                rows.append(_row("structured", about, case, label, times[which], "the dense layer",
+                                 times["dense"] / times[which]))
+    return rows
+
+
 # ------------------------------------------------------------ training step
 def _torch_gpt(torch, cfg):
     """The same GPT-2 architecture in PyTorch eager (for timing only)."""
@@ -358,12 +511,13 @@ def bench_generation(quick, torch):
 
 
 # ------------------------------------------------------------------ driver
-def run_bench(quick=False, sections=("attention", "int_matmul", "train", "generate"), log=sys.stderr):
+def run_bench(quick=False, sections=("attention", "int_matmul", "sparse", "structured", "train", "generate"),
+              log=sys.stderr):
     import numba
 
     from . import kernels  # sets OMP_WAIT_POLICY=PASSIVE before torch's OpenMP starts
 
-    if log is not None and {"attention", "train"} & set(sections):
+    if log is not None and {"attention", "structured", "train"} & set(sections):
         kernels.warm_up("float32")  # a cold numba cache compiles here, announced, not in a silent first row
 
     # Three thread pools share the cores here: numba's and torch's OpenMP
@@ -380,8 +534,8 @@ def run_bench(quick=False, sections=("attention", "int_matmul", "train", "genera
     info = {"cpu": cpu_model(), "cores": cpu_cores(), "threads": threads, "blas_threads": blas,
             "numpy": np.__version__, "numba": numba.__version__,
             "torch": None if torch is None else torch.__version__, "quick": quick}
-    funcs = {"attention": bench_attention, "int_matmul": bench_int_matmul, "train": bench_train_step,
-             "generate": bench_generation}
+    funcs = {"attention": bench_attention, "int_matmul": bench_int_matmul, "sparse": bench_sparse,
+             "structured": bench_structured, "train": bench_train_step, "generate": bench_generation}
     rows = []
     for name in sections:
         t0 = time.perf_counter()

@@ -2,6 +2,7 @@
 import json
 import re
 
+import numpy as np
 import pytest
 
 from minigpt import bench
@@ -109,5 +110,41 @@ def test_quick_run_writes_json(tmp_path, capsys):
     assert main(["bench", "--quick", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     sections = {r["section"] for r in data["rows"]}
-    assert {"attention fwd", "attention fwd+bwd", "int matmul", "train step", "generate"} <= sections
+    assert {"attention fwd", "attention fwd+bwd", "int matmul", "sparse matvec", "sparse matmul", "structured",
+            "train step", "generate"} <= sections
     assert "minigpt bench" in capsys.readouterr().out
+
+
+def test_crossover_interpolates_where_sparse_starts_to_win():
+    # halfway in log(speed-up) between 0.5x at 50% and 2x at 70%: 60%
+    s, text = bench.crossover([(0.7, 2.0), (0.5, 0.5)])
+    assert abs(s - 0.6) < 1e-12 and text == "~60%"
+    # a win that does not last is not the crossover: the last run of wins starts at 80%
+    s, _ = bench.crossover([(0.5, 1.2), (0.6, 0.9), (0.8, 1.5)])
+    assert abs(s - (0.6 + 0.2 * np.log(1 / 0.9) / np.log(1.5 / 0.9))) < 1e-12
+    assert bench.crossover([(0.5, 1.1), (0.9, 3.0)]) == (None, "below 50%")
+    assert bench.crossover([(0.5, 0.2), (0.9, 0.8)]) == (None, "above 90%")
+
+
+def test_sparse_and_structured_sections(monkeypatch):
+    # the same code on small shapes: layout, labels and the crossover in the title
+    monkeypatch.setattr(bench, "_torch", lambda: None)
+    monkeypatch.setattr(bench, "SPARSE_SHAPE", (64, 96))
+    monkeypatch.setattr(bench, "SPARSE_BATCH", 70)
+    monkeypatch.setattr(bench, "STRUCTURED_BLOCK", {"n_head": 4, "n_embd": 64})
+    monkeypatch.setattr(bench, "STRUCTURED_TOKENS", {True: (1, 32)})
+    info, rows = bench.run_bench(quick=True, sections=("sparse", "structured"), log=None)
+    text = bench.format_table(info, rows)
+    _check_table_layout(text)
+    titles = [t for t, _ in _tables(text)]
+    assert [t.split(":")[0] for t in titles] == ["sparse matvec", "sparse matmul", "structured"]
+    assert all(re.search(r"sparse faster from (~\d+%|below \d+%|above \d+%) sparsity", t) for t in titles[:2])
+    for section in ("sparse matvec", "sparse matmul"):
+        cases = [r for r in rows if r["section"] == section]
+        assert [r["impl"] for r in cases[:1]] == ["numpy float32 @ (dense)"] and cases[0]["speedup"] == 1.0
+        assert all(re.fullmatch(r"numba CSR, \d threads? \(\d+\.\d MB\)", r["impl"]) for r in cases[1::2])
+    structured = [r for r in rows if r["section"] == "structured"]
+    assert [r["case"] for r in structured[::2]] == ["MLP, numpy ops", "MLP, numba ops", "attention, numpy ops",
+                                                    "attention, numba ops"]
+    assert {r["impl"] for r in structured[1::2]} == {"half the neurons removed (128)", "half the heads removed (2)"}
+    assert all(r["speedup"] == 1.0 for r in structured[::2])
