@@ -15,6 +15,13 @@
 # 4. checks that minigpt's NumPy reference, every compiled kernel, and the
 #    formula typed out directly give the same numbers;
 # 5. draws the attention of a trained model on a real line of Python.
+#
+# *Numbers quoted in the text come from a full run (`minigpt tour`, which
+# also made the book's figures). A fast run (`MINIGPT_FAST=1`, for tests and
+# a quick look) trains the model for 30 steps instead of 4000 and draws
+# fewer random samples: every check still holds, but its numbers differ, and
+# a 30-step model has not yet learned the attention patterns of the last
+# section.*
 
 # %%
 import math

@@ -16,6 +16,12 @@
 # 3. draws every head of the trained model on a real line of Python, measures
 #    what each one does, and removes heads one at a time to see what each
 #    contributes to the loss.
+#
+# *Numbers quoted in the text come from a full run (`minigpt tour`, which
+# also made the book's figures). A fast run (`MINIGPT_FAST=1`, for tests and
+# a quick look) trains the model for 30 steps instead of 4000 and measures
+# the heads on fewer windows: the formulas and checks still hold, but the
+# heads of a 30-step model have not specialised yet.*
 
 # %%
 import matplotlib.pyplot as plt
@@ -270,7 +276,7 @@ save_figure(fig, "02_multi_head")
 
 # %% [markdown]
 # Pictures can mislead, so we measure each head on 64 random windows of the
-# validation text (not just this line): the mean look-back distance
+# validation text (8 in fast mode; not just this line): the mean look-back distance
 # $\sum_j P_{ij}(i - j)$, the weight on the previous character, on the query
 # itself, and the row entropy. Then we *remove* each head in turn (zero its
 # rows of $W^O$, so its output never reaches the residual stream) and
@@ -325,8 +331,8 @@ if not FAST:
     assert head_dist_spread > 1.5 and min(ablation.values()) > 0
 
 # %% [markdown]
-# Reading the table of the fully trained model (the numbers printed above,
-# from the committed run): the layer-0 heads look back 2 to 4 characters on
+# Reading the table of the fully trained model (a full run's numbers; a
+# fast run prints those of its 30-step model): the layer-0 heads look back 2 to 4 characters on
 # average and put a quarter to two fifths of their weight on the previous
 # character, the local context a character model needs to spell a word; the
 # layer-1 heads look back about 10 characters, three to six times further,

@@ -19,6 +19,12 @@
 # 4. plots GELU against ReLU;
 # 5. derives the parameter count of a whole GPT and checks it against
 #    `model.params` for several shapes, up to GPT-2 itself.
+#
+# *Numbers quoted in the text come from a full run (`minigpt tour`, which
+# also made the book's figures). A fast run (`MINIGPT_FAST=1`, for tests and
+# a quick look) uses a model trained for 30 steps instead of 4000 and a
+# shallower stack for pre-LN vs post-LN; where that changes a number, the
+# text gives both.*
 
 # %%
 import math
@@ -353,24 +359,28 @@ fig.tight_layout()
 save_figure(fig, "03_block_ln")
 
 # %% [markdown]
-# What the figure shows, for a 24-block stack at GPT-2's initialisation
-# (all three start at a loss near $\log V$, as an untrained model should):
+# What the figure shows, for a deep stack at GPT-2's initialisation: 24
+# blocks in a full run, 6 in fast mode, where the same effects come out
+# smaller (all three start at a loss near $\log V$, as an untrained model
+# should):
 #
-# * **Pre-LN** lets the stream grow with depth: by about 20% over 24 blocks
-#   with GPT-2's scaled projections, about five-fold without them. The
-#   sublayers do not mind, since each reads a LayerNormed copy, but the final
-#   $\text{LN}_f$ divides the gradient it sends down by the size of the
-#   stream it reads (about four times larger here without the scaling), so
-#   the top blocks get several times less gradient than with GPT-2's init,
-#   and the gradient is no longer even: the upper blocks get several times
-#   less than the lower ones (printed above). With GPT-2's init every block
-#   receives a gradient of similar size: the identity path delivers the
-#   loss's gradient to each of them directly.
+# * **Pre-LN** lets the stream grow with depth: by about 20% over the stack
+#   with GPT-2's scaled projections (the scale-down grows with the depth, so
+#   6 blocks and 24 grow alike), and without them about five-fold over 24
+#   blocks (two- to three-fold over 6). The sublayers do not mind, since
+#   each reads a LayerNormed copy, but the final $\text{LN}_f$ divides the
+#   gradient it sends down by the size of the stream it reads (over 24
+#   blocks about four times larger without the scaling, over 6 about
+#   twice), so the top blocks get less gradient than with GPT-2's init, and
+#   the gradient is no longer even: over 24 blocks the upper ones get
+#   several times less than the lower ones (printed above). With GPT-2's
+#   init every block receives a gradient of similar size: the identity path
+#   delivers the loss's gradient to each of them directly.
 # * **Post-LN** pins the stream at rms 1 after every block. The branches,
 #   initialised small, are then a small perturbation of a unit-size stream,
 #   and every block past the first gets a gradient about twenty times
-#   smaller than in pre-LN (the first block's LayerNorm sees the tiny
-#   embedding and is the exception). Training has to grow the branches out
+#   smaller than in pre-LN, at either depth (the first block's LayerNorm
+#   sees the tiny embedding and is the exception). Training has to grow the branches out
 #   of this state through a chain of LayerNorms. It is a known result
 #   (Xiong et al., 2020, *On Layer Normalization in the Transformer
 #   Architecture*) that post-LN stacks need a learning-rate warm-up to train
@@ -432,7 +442,8 @@ save_figure(fig, "03_block_gelu")
 # $$P = VC + TC + L\,(12C^2 + 13C) + 2C .$$
 #
 # Two thirds of each block is the FFN. We check the formula against
-# `model.params` for the presets and some odd shapes, and, without
+# `model.params` for the presets (only the tiny one in fast mode) and some
+# odd shapes, and, without
 # allocating half a gigabyte, against the shapes of GPT-2 small itself
 # (`minigpt.model.param_shapes`).
 
