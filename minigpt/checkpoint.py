@@ -2,10 +2,12 @@
 
 Inside: every parameter under its GPT-2 name (``wte.weight``, ``h.0.ln_1.bias``
 ...), optionally the optimizer moments (``optimizer.m.<name>``,
-``optimizer.v.<name>``), pruning masks (``mask.<name>``, bool, True = alive:
-see minigpt.prune), and ``__meta__``: UTF-8 JSON bytes holding the format
-name and version, the model config, the vocabulary, the training step and
-config, the RNG states, and the corpus the model was trained on.
+``optimizer.v.<name>``), pruning masks (``mask.<name>``: the bool mask,
+True = alive (see minigpt.prune), packed 8 to a byte by np.packbits in
+row-major order, so a mask costs 1/32 of its float32 weight), and
+``__meta__``: UTF-8 JSON bytes holding the format name and version, the
+model config, the vocabulary, the training step and config, the RNG
+states, and the corpus the model was trained on.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from .tokenizer import CharTokenizer
 FORMAT = "minigpt-checkpoint"
 VERSION = 1
 META_KEY = "__meta__"
-MASK_PREFIX = "mask."  # a pruning mask of the parameter named after it
+MASK_PREFIX = "mask."  # a pruning mask of the parameter named after it, bits packed
 
 
 @dataclass
@@ -98,7 +100,7 @@ class CheckpointFile:
     params: dict
     optimizer_arrays: dict
     meta: dict
-    masks: dict = field(default_factory=dict)
+    masks: dict = field(default_factory=dict)  # {parameter name: packed bits (uint8)}
 
 
 def save_checkpoint(path, model, step=0, optimizer=None, train_config=None,
@@ -129,7 +131,7 @@ def save_checkpoint(path, model, step=0, optimizer=None, train_config=None,
     for name, m in (masks or {}).items():
         if name not in arrays or np.shape(m) != arrays[name].shape:
             raise CheckpointError(f"cannot save the mask of {name}: no parameter of its shape {np.shape(m)}")
-        arrays[MASK_PREFIX + name] = np.asarray(m, dtype=bool)
+        arrays[MASK_PREFIX + name] = np.packbits(np.asarray(m, dtype=bool).reshape(-1))
     arrays[META_KEY] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
@@ -217,10 +219,13 @@ def checkpoint_state(path, meta: dict, params: dict, optimizer_arrays: dict, mas
     """The training state of a checkpoint as Checkpoint's keyword arguments
     (less the model): step, train_config, optimizer_state, rng_state, meta,
     masks. The optimizer moments and the masks must match the parameters' shapes."""
-    for name, m in (masks or {}).items():
-        if name not in params or m.shape != params[name].shape or m.dtype != np.bool_:
-            raise CheckpointError(f"{path}: the mask {MASK_PREFIX}{name} ({m.dtype} {m.shape}) is not a bool "
-                                  f"array shaped like a parameter of that name")
+    unpacked = {}
+    for name, bits in (masks or {}).items():
+        p = params.get(name)
+        if p is None or bits.dtype != np.uint8 or bits.shape != (-(-p.size // 8),):
+            raise CheckpointError(f"{path}: the mask {MASK_PREFIX}{name} ({bits.dtype} {bits.shape}) is not the "
+                                  f"packed bits of a parameter of that name")
+        unpacked[name] = np.unpackbits(bits, count=p.size).astype(bool).reshape(p.shape)
     rng_state = dict(meta.get("rng_state") or {})
     opt = None
     if meta.get("optimizer_t") is not None:
@@ -234,4 +239,4 @@ def checkpoint_state(path, meta: dict, params: dict, optimizer_arrays: dict, mas
     if meta.get("train_config"):
         train_config = TrainConfig.from_dict(meta["train_config"])
     return dict(step=int(meta.get("step", 0)), train_config=train_config, optimizer_state=opt,
-                rng_state=rng_state, meta=meta, masks=dict(masks) if masks else None)
+                rng_state=rng_state, meta=meta, masks=unpacked or None)

@@ -124,6 +124,7 @@ def build_parser():
     hf.add_export_hf(sub)
     hf.add_import_hf(sub)
     __import__("minigpt.bench").bench.register(sub)  # minigpt bench (imported here: numba loads lazily)
+    __import__("minigpt.prune.cli").prune.cli.register(sub)  # minigpt prune
     return parser
 
 

@@ -270,6 +270,7 @@ def test_a_checkpoint_without_masks_has_none_and_bad_masks_are_refused(tmp_path)
     save_checkpoint(tmp_path / "m.npz", model, masks=good)
     with np.load(tmp_path / "m.npz") as f:
         arrays = {k: f[k] for k in f.files}
+    assert arrays["mask." + W].dtype == np.uint8 and arrays["mask." + W].size == -(-good[W].size // 8)  # packed
     arrays["mask." + W] = arrays["mask." + W][:3]
     np.savez(tmp_path / "bad.npz", **arrays)
     with pytest.raises(CheckpointError, match="mask.h.0.mlp.c_fc.weight"):

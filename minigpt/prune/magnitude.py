@@ -100,12 +100,13 @@ def global_masks(params: dict, fraction, names=None, masks=None, embeddings=Fals
     return magnitude_masks(params, fraction, names, masks, "global", embeddings)
 
 
-def random_masks(params: dict, fraction, names=None, masks=None, seed=0, embeddings=False) -> dict:
-    """Prune exactly round(a n_alive) alive weights of each tensor, chosen
-    uniformly at random (scores drawn i.i.d. uniform, the smallest pruned)."""
+def random_masks(params: dict, fraction, names=None, masks=None, seed=0, embeddings=False, of="alive") -> dict:
+    """Prune exactly round(a n_alive) alive weights of each tensor (of="all":
+    up to round(a n) pruned), chosen uniformly at random (scores drawn
+    i.i.d. uniform, the smallest pruned)."""
     names = resolve_names(params, names, embeddings)
     rng = np.random.default_rng(seed)
-    return prune_by_scores({n: rng.random(params[n].shape) for n in names}, fraction, masks, "tensor")
+    return prune_by_scores({n: rng.random(params[n].shape) for n in names}, fraction, masks, "tensor", of)
 
 
 def full_masks(params: dict, names=None, embeddings=False) -> dict:

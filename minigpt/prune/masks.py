@@ -107,12 +107,14 @@ def kind(name: str) -> str:
 
 
 def alive_by_kind(params: dict, masks: dict | None = None, names=None) -> dict[str, tuple[int, int]]:
-    """{tensor kind: (alive, total)} over the layers, from masks when given,
-    else from the nonzero entries of the named (default: prunable) weights."""
-    names = list(masks) if masks is not None else (names or prunable_names(params, embeddings=True))
+    """{tensor kind: (alive, total)} summed over the layers, for the named
+    weights (default: every prunable one, embeddings included): alive from
+    a weight's mask when masks has one, else its nonzero entries."""
+    names = prunable_names(params, embeddings=True) if names is None else names
+    masks = masks or {}
     out: dict[str, tuple[int, int]] = {}
     for name in names:
-        alive = int(masks[name].sum()) if masks is not None else int(np.count_nonzero(params[name]))
+        alive = int(masks[name].sum()) if name in masks else int(np.count_nonzero(params[name]))
         a, t = out.get(kind(name), (0, 0))
         out[kind(name)] = (a + alive, t + params[name].size)
     return out

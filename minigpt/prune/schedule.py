@@ -33,6 +33,9 @@ class GradualPruning:
         train(model, dataset, tcfg, **gp.hooks())
         gp.masks                     # the final masks (bool, True = alive)
 
+    Passing masks=gp.masks to train() as well saves the masks reached so
+    far in every checkpoint (the dict is updated in place).
+
     Once AdamW's step count (optimizer.t after the update) reaches a step t
     of pruning_steps(), each
     named tensor (scope="tensor"), or all of them together ("global"), is
@@ -58,7 +61,8 @@ class GradualPruning:
     def prune(self, params, t) -> None:
         """Prune params up to s_t (masks only; the hooks zero the weights)."""
         s = cubic_sparsity(t, self.s_i, self.s_f, self.t0, self.n, self.dt)
-        self.masks = magnitude_masks(params, s, list(self.masks), self.masks, self.scope, of="all")
+        # in place: train(..., masks=gp.masks) then holds, and checkpoints save, the current masks
+        self.masks.update(magnitude_masks(params, s, list(self.masks), self.masks, self.scope, of="all"))
         self.history.append((t, s))
 
     def before_step(self, grads) -> None:

@@ -48,11 +48,12 @@ def wanda_scores(params: dict, norms: dict, names) -> dict:
     return {n: np.abs(params[n]) * norms[n][:, None] for n in names}
 
 
-def wanda_masks(model, idx, fraction, masks=None, names=None, scope="output", sequential=True) -> dict:
+def wanda_masks(model, idx, fraction, masks=None, names=None, scope="output", sequential=True, of="alive") -> dict:
     """Wanda masks for model's named weights (default: the blocks' linear
     matrices) from calibration tokens idx (B, T). The model is not changed.
     sequential: each block's inputs come from the model with the blocks
-    before it pruned (the paper's order); False: all from the dense model."""
+    before it pruned (the paper's order); False: all from the dense model.
+    of="all": fraction is a target sparsity of each group (see prune_by_scores)."""
     from ..model import GPT
 
     names = resolve_names(model.params, names, False)
@@ -67,5 +68,5 @@ def wanda_masks(model, idx, fraction, masks=None, names=None, scope="output", se
         if sequential and i > 0:
             work.params = apply(model.params, out)
             norms = input_norms(work, idx)
-        out = prune_by_scores(wanda_scores(model.params, norms, block), fraction, out, scope)
+        out = prune_by_scores(wanda_scores(model.params, norms, block), fraction, out, scope, of)
     return out

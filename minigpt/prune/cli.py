@@ -1,0 +1,247 @@
+"""`minigpt prune CKPT --method M --sparsity S --out CKPT2`: prune a checkpoint,
+optionally fine-tune it with its masks, and report what changed: validation
+loss, weights alive per tensor kind, bytes on disk and generation speed,
+each measured before and after.
+
+Methods: magnitude (per tensor), global (one threshold), random, wanda,
+gradual (Zhu & Gupta's cubic schedule during --finetune-steps), N:M such as
+2:4, heads and neurons (structured: removed, so the matrices shrink).
+--sparsity is the fraction of the prunable weights pruned in all (weights
+a mask already prunes count), or for heads / neurons the fraction of all
+heads / MLP neurons removed.
+
+The output is a checkpoint of a new fine-tuning run: its masks
+(mask.<name>), the fine-tuning step, optimizer state and settings, so
+`minigpt train --resume CKPT2 --steps N` fine-tunes it further (or first,
+after --finetune-steps 0) and keeps the pruned weights at 0.
+"""
+from __future__ import annotations
+
+import math
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .masks import PruneError, alive_by_kind, apply, check_fraction, prunable_names, sparsity
+
+METHODS = ("magnitude", "global", "random", "gradual", "wanda", "2:4", "heads", "neurons")
+PLANNED_FINETUNE_STEPS = 200  # the saved run's length when --finetune-steps is 0 (train --resume --steps changes it)
+
+
+def register(sub):
+    p = sub.add_parser("prune", help="prune a checkpoint (unstructured, N:M, heads or neurons) and report "
+                                     "loss, weights alive, bytes and speed",
+                       description=__doc__.split("\n\n")[0].replace("`", "") + " " + __doc__.split("\n\n")[1])
+    p.add_argument("checkpoint", help="a .npz file written by minigpt train (or a pruned one: pruning adds to it)")
+    p.add_argument("--method", required=True,
+                   help="magnitude | global | random | gradual | wanda | N:M (e.g. 2:4) | heads | neurons")
+    p.add_argument("--sparsity", type=float,
+                   help="fraction in [0, 1): of the prunable weights, or of the heads / neurons "
+                        "(N:M fixes it at 1 - N/M; required otherwise)")
+    p.add_argument("--finetune-steps", type=int, default=0,
+                   help="AdamW steps of fine-tuning with the masks afterwards; gradual prunes during them "
+                        "(default: %(default)s)")
+    p.add_argument("--lr", type=float,
+                   help="fine-tuning peak learning rate (default: the checkpoint's min_lr x 3, warm-up then cosine)")
+    p.add_argument("--embeddings", action="store_true",
+                   help="prune wte and wpe too (magnitude, global, random, gradual; default: the blocks' "
+                        "four linear matrices only)")
+    p.add_argument("--calibration", type=int, default=32, metavar="N",
+                   help="training windows for Wanda's activations and head / neuron importance (default: %(default)s)")
+    p.add_argument("--eval-batches", type=int, default=40,
+                   help="validation batches of 32 windows, spread over the split (default: %(default)s)")
+    p.add_argument("--bench-tokens", type=int, default=100,
+                   help="tokens generated (greedy, KV cache) to time generation (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random pruning, calibration and fine-tuning batches "
+                                                       "(default: %(default)s)")
+    p.add_argument("--text", metavar="FILE", help="corpus (default: the one the checkpoint was trained on)")
+    p.add_argument("--out", required=True, metavar="CKPT2", help="where to write the pruned checkpoint")
+    p.add_argument("--backend", help="kernels: numpy (the reference) | numba (default: numba)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar while fine-tuning")
+    p.set_defaults(func=cmd_prune)
+
+
+def _check_args(args):
+    from ..errors import MinigptError
+
+    method = args.method
+    if method not in METHODS and not re.fullmatch(r"\d+:\d+", method):
+        raise MinigptError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)} (or any N:M)")
+    if ":" in method:
+        from .nm import parse_nm
+
+        n, m = parse_nm(method)
+        if args.sparsity is not None and not math.isclose(args.sparsity, 1 - n / m):
+            raise PruneError(f"{method} fixes the sparsity at {1 - n / m:g}; leave out --sparsity {args.sparsity}")
+    elif args.sparsity is None:
+        raise PruneError(f"--method {method} needs --sparsity (a fraction in [0, 1))")
+    else:
+        check_fraction(args.sparsity, "--sparsity")
+    for name in ("finetune_steps",):
+        if getattr(args, name) < 0:
+            raise MinigptError(f"--finetune-steps must be >= 0, got {args.finetune_steps}")
+    for name in ("calibration", "eval_batches", "bench_tokens"):
+        if getattr(args, name) <= 0:
+            raise MinigptError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.lr is not None and not (args.lr > 0 and math.isfinite(args.lr)):
+        raise MinigptError(f"--lr must be a positive number, got {args.lr}")
+    if method == "gradual" and args.finetune_steps < 1:
+        raise PruneError("--method gradual prunes while fine-tuning: give --finetune-steps (e.g. 300)")
+    if args.embeddings and method not in ("magnitude", "global", "random", "gradual"):
+        raise PruneError(f"--embeddings works with magnitude, global, random and gradual, not {method}")
+
+
+def generation_speed(model, tokens, repeats=3) -> float:
+    """Tokens per second of greedy generation with the KV cache, best of repeats."""
+    prompt = np.zeros(1, dtype=np.int64)
+    model.generate(prompt, 2, temperature=0.0)  # compiles or loads the kernels outside the clock
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model.generate(prompt, tokens, temperature=0.0)
+        best = min(best, time.perf_counter() - t0)
+    return tokens / best
+
+
+def _calibration(dataset, n, seed):
+    """(x (n, T), [(x_i, y_i) (1, T)]): n training windows drawn with seed,
+    together and as batches of one sequence each."""
+    rng = np.random.default_rng(seed + 1)
+    x, y = dataset.get_batch("train", n, rng)
+    return x, [(x[i:i + 1], y[i:i + 1]) for i in range(n)]
+
+
+def _finetune_config(ckpt, args):
+    from ..config import TrainConfig
+
+    base = ckpt.train_config or TrainConfig()
+    steps = args.finetune_steps or PLANNED_FINETUNE_STEPS
+    lr = args.lr if args.lr is not None else 3 * base.min_lr
+    return base.replace(steps=steps, lr=lr, min_lr=lr / 10, warmup_steps=min(steps // 10, 50), seed=args.seed,
+                        eval_every=steps, checkpoint_every=steps)
+
+
+def prune_model(model, method, sparsity_, masks, dataset, args):
+    """(params, masks, what) for one method: params may be smaller (heads,
+    neurons), masks the unstructured masks after pruning (None if none)."""
+    from ..model import GPT
+    from .magnitude import magnitude_masks, random_masks
+    from .nm import nm_masks, parse_nm
+    from .structured import head_importance, lowest, neuron_importance, remove_heads, remove_neurons
+    from .wanda import wanda_masks
+
+    P, cfg = model.params, model.config
+    if method in ("heads", "neurons"):
+        _, calib = _calibration(dataset, args.calibration, args.seed)
+        score = head_importance if method == "heads" else neuron_importance
+        chosen = lowest(score(model, calib), sparsity_)
+        remove = remove_heads if method == "heads" else remove_neurons
+        params = remove(P, cfg, chosen)
+        GPT(cfg, params=params)  # checks the shapes
+        n = sum(len(v) for v in chosen.values())
+        return params, (remove(masks, cfg, chosen) if masks else masks), f"removed {n} {method}"
+    names = prunable_names(P, embeddings=args.embeddings)
+    if not names:
+        raise PruneError("this checkpoint has no float weight matrices to prune (a quantized model? "
+                         "prune before quantizing)")
+    if ":" in method:
+        n, m = parse_nm(method)
+        new = nm_masks(P, n, m, masks=masks)
+    elif method == "magnitude":
+        new = magnitude_masks(P, sparsity_, names, masks, of="all")
+    elif method == "global":
+        new = magnitude_masks(P, sparsity_, names, masks, "global", of="all")
+    elif method == "random":
+        new = random_masks(P, sparsity_, names, masks, seed=args.seed, of="all")
+    elif method == "wanda":
+        x, _ = _calibration(dataset, args.calibration, args.seed)
+        new = wanda_masks(model, x, sparsity_, masks, names, of="all")
+    else:
+        raise PruneError(f"unknown method {method!r}")
+    return apply(P, new), new, f"{sparsity(new):.1%} of the pruned matrices are 0"
+
+
+def cmd_prune(args):
+    from ..checkpoint import save_checkpoint
+    from ..data import Dataset, load_corpus
+    from ..model import GPT, load_checkpoint
+    from ..optim import AdamW
+    from ..train import evaluate, train
+
+    _check_args(args)
+    ckpt = load_checkpoint(args.checkpoint, backend=args.backend)
+    model = ckpt.model
+    if model.tokenizer is None:
+        raise PruneError(f"{args.checkpoint} has no vocabulary, so the corpus cannot be encoded")
+    text, source = load_corpus(args.text or ckpt.meta.get("corpus"))
+    dataset = Dataset.from_text(text, model.tokenizer, model.config.block_size)
+    from ..cli import _check_writable
+
+    _check_writable(args.out)
+    method = args.method
+    if ":" in method:
+        from .nm import parse_nm
+
+        n, m = parse_nm(method)
+        s = 1 - n / m
+    else:
+        s = args.sparsity
+    before = {"loss": evaluate(model, dataset, "val", 32, args.eval_batches),
+              "alive": alive_by_kind(model.params, ckpt.masks),
+              "bytes": Path(args.checkpoint).stat().st_size, "tok/s": generation_speed(model, args.bench_tokens)}
+    t0 = time.perf_counter()
+    masks = ckpt.masks
+    if method == "gradual":
+        params, masks, what = model.params, masks, "gradual"
+    else:
+        params, masks, what = prune_model(model, method, s, masks, dataset, args)
+    pruned = GPT(model.config, params=params, backend=args.backend, tokenizer=model.tokenizer)
+    oneshot = evaluate(pruned, dataset, "val", 32, args.eval_batches) if method != "gradual" else None
+    tcfg = _finetune_config(ckpt, args)
+    meta = {"corpus": source, "pruned": {"from": str(args.checkpoint), "method": method, "sparsity": s,
+                                          "finetune_steps": args.finetune_steps}}
+    if args.finetune_steps:
+        hooks = {}
+        if method == "gradual":
+            from .schedule import GradualPruning
+
+            n = min(10, args.finetune_steps)  # prunings after steps dt, 2 dt, ..., n dt
+            dt = max(1, int(0.75 * args.finetune_steps) // n)  # the last quarter recovers at s_f
+            gp = GradualPruning(pruned.params, s, t0=0, n=n, dt=dt, embeddings=args.embeddings)
+            gp.masks.update(masks or {})  # a pruned checkpoint's masks: pruning adds to them
+            masks, hooks = gp.masks, gp.hooks()
+            what = f"cubic schedule to {s:.1%} by step {n * dt}"
+        print(f"minigpt: fine-tuning {args.finetune_steps} steps at lr {tcfg.lr:g} with the masks", file=sys.stderr)
+        train(pruned, dataset, tcfg, out=args.out, progress=not args.no_progress, extra_meta=meta, masks=masks,
+              **hooks)
+    else:
+        opt = AdamW(pruned.params, lr=tcfg.lr)  # a fresh run: `train --resume` starts here
+        rng = np.random.default_rng(tcfg.seed)
+        save_checkpoint(args.out, pruned, step=0, optimizer=opt, train_config=tcfg,
+                        rng_state={"data": rng.bit_generator.state}, extra={**meta, "history": {}}, masks=masks)
+    seconds = time.perf_counter() - t0
+    after = {"loss": evaluate(pruned, dataset, "val", 32, args.eval_batches),
+             "alive": alive_by_kind(pruned.params, masks),
+             "bytes": Path(args.out).stat().st_size, "tok/s": generation_speed(pruned, args.bench_tokens)}
+    _report(args, what, before, oneshot, after, seconds)
+    return 0
+
+
+def _report(args, what, before, oneshot, after, seconds):
+    print(f"pruned {args.checkpoint} with {args.method}: {what} ({seconds:.1f} s)")
+    print(f"{'':<24}{'before':>14}{'after':>14}")
+    if oneshot is not None and args.finetune_steps:
+        print(f"{'val loss, one-shot':<24}{before['loss']:>14.4f}{oneshot:>14.4f}   ({oneshot - before['loss']:+.4f})")
+    label = f"val loss, fine-tuned {args.finetune_steps}" if args.finetune_steps else "val loss"
+    print(f"{label:<24}{before['loss']:>14.4f}{after['loss']:>14.4f}   ({after['loss'] - before['loss']:+.4f})")
+    for kind in sorted(set(before["alive"]) | set(after["alive"])):
+        a0, n0 = before["alive"].get(kind, (0, 0))
+        a1, n1 = after["alive"].get(kind, (0, 0))
+        print(f"{'alive ' + kind:<24}{f'{a0:,}/{n0:,}':>14}{f'{a1:,}/{n1:,}':>14}   ({a1 / max(n0, 1):.1%} of before)")
+    print(f"{'bytes on disk':<24}{before['bytes']:>14,}{after['bytes']:>14,}   (x{after['bytes'] / before['bytes']:.2f})")
+    print(f"{'generation tokens/s':<24}{before['tok/s']:>14,.0f}{after['tok/s']:>14,.0f}   "
+          f"(x{after['tok/s'] / before['tok/s']:.2f})")
+    print(f"wrote {args.out}")
