@@ -4,8 +4,11 @@ The cache lives outside the source tree: $MINIGPT_CACHE_DIR if set, else
 ~/.cache/minigpt. Its file name records everything that determines the
 result (preset, steps, seed, corpus), so a changed setting trains anew.
 
-Setting MINIGPT_FAST=1 (the chapter tests do) shrinks every run to a few
-steps, so a chapter can be checked end to end in seconds.
+Fast mode, MINIGPT_FAST=1 (``minigpt tour --fast``; the chapter tests set
+it), is for tests and a quick look: every model here trains for 30 steps,
+and the chapters shrink their experiments, so a chapter runs end to end in
+seconds. Its figures go to <cache>/figures-fast, never into the checkout
+(minigpt.tour.figures_dir).
 """
 from __future__ import annotations
 
