@@ -23,9 +23,11 @@ the sign of the largest value, which is therefore never clipped.
 The arithmetic follows llama.cpp's reference quantizer, so the bytes are the
 same as its (the crosscheck tests compare them with the gguf package):
 float32 throughout; 1/d is computed once and multiplied (0 for an all-zero
-block, whose codes are then 0 for Q8_0 and 8 for Q4_0); Q4_0's x / d + 8.5
-is one fused multiply-add, rounded to float32 once; the stored d is d
-rounded to float16, while the codes were computed with the float32 d.
+block, whose codes are then 0 for Q8_0 and 8 for Q4_0); Q4_0's x (1/d) and
+the + 8.5 are two float32 operations, each rounded (not one fused
+multiply-add: that would move codes whose x / d sits next to a half); the
+stored d is d rounded to float16, while the codes were computed with the
+float32 d.
 
 A weight W (K, N) stored (in, out) is kept as llama.cpp keeps a matrix: one
 row of blocks per output channel, blocks (N, K / 32 * bytes per block).
@@ -95,9 +97,7 @@ def quantize_q4_0(x):
     at = np.abs(xb).argmax(axis=-1)[..., None]  # first index of the largest magnitude
     m = np.take_along_axis(xb, at, axis=-1)  # (..., nb, 1), sign kept
     d = (m / np.float32(-8)).astype(np.float32)
-    # one rounding of x * (1/d) + 8.5, as a fused multiply-add: the float32
-    # product is exact in float64, so the float64 sum rounded to float32 is it
-    v = (xb.astype(np.float64) * _inverse(d).astype(np.float64) + 8.5).astype(np.float32)
+    v = (xb * _inverse(d)).astype(np.float32) + np.float32(8.5)  # two float32 roundings, as the reference
     u = np.minimum(15, np.trunc(v)).astype(np.uint8)  # (..., nb, 32), in [0, 15]
     packed = u[..., : BLOCK // 2] | (u[..., BLOCK // 2:] << 4)  # (..., nb, 16)
     return _flat(_with_scale(d, packed), np.shape(x))

@@ -13,10 +13,22 @@ The pieces, each usable on its own:
     quantize_tensor, QTensor, scale_zero_point, fake_quantize   the one quantizer
                                   (minigpt.kernels.quantizer, re-exported here)
     quantize_blocks, dequantize_blocks, bits_per_block_weight   llama.cpp's Q8_0 / Q4_0
+    observers: MinMaxObserver, MovingAverageMinMaxObserver, PercentileObserver,
+               MSEObserver, calibrate(model, batches, make_observer)
+    qat: fake_quant_forward / fake_quant_backward (the straight-through pair),
+         qat_transform (a weight_transform for minigpt.train.train), qat_finetune
 """
 from ..kernels.block_formats import bits_per_weight as bits_per_block_weight
 from ..kernels.block_formats import dequantize_blocks, quantize_blocks
 from ..kernels.quantizer import QTensor, fake_quantize, int_range, quantize_tensor, scale_zero_point
+from .observers import (
+    MinMaxObserver,
+    MovingAverageMinMaxObserver,
+    MSEObserver,
+    PercentileObserver,
+    calibrate,
+)
+from .qat import fake_quant_backward, fake_quant_forward, qat_finetune, qat_transform
 from .weights import (
     KINDS,
     QUANTIZED_SUFFIXES,
@@ -31,6 +43,8 @@ from .weights import (
 )
 
 __all__ = [
+    "MSEObserver", "MinMaxObserver", "MovingAverageMinMaxObserver", "PercentileObserver", "calibrate",
+    "fake_quant_backward", "fake_quant_forward", "qat_finetune", "qat_transform",
     "KINDS", "QUANTIZED_SUFFIXES", "QTensor", "bits_per_block_weight", "bits_per_weight", "dequantize_blocks",
     "dequantize_params", "fake_quantize", "int_range", "is_quantized", "kind_for_bits", "quantize_blocks",
     "quantize_model", "quantize_params", "quantize_tensor", "quantized_layers", "scale_zero_point",

@@ -42,7 +42,8 @@ def kind_for_bits(bits: int) -> str:
     return "int4" if bits <= 4 else "int8"
 
 
-def _check(kind, bits, group):
+def check_scheme(kind, bits, group):
+    """ConfigError unless kind, bits and group make a scheme quantize_params can store."""
     if kind not in KINDS:
         raise ConfigError(f"kind must be one of {list(KINDS)}, got {kind!r}")
     if bits not in BITS[kind]:
@@ -56,7 +57,7 @@ def weight_arrays(w, kind: str, bits: int | None = None, group=32) -> dict:
     """The arrays {key: array} that store W (K, N) in format `kind` (keys as in
     minigpt.layers.quantized_linear: NAME.weight.<key>)."""
     bits = bits or max(BITS.get(kind, (8,)))
-    _check(kind, bits, group)
+    check_scheme(kind, bits, group)
     K, N = w.shape
     if kind in ("int8", "w8a8"):
         t = quantize_tensor(w, bits, symmetric=True, axis=1)  # one scale per output channel
@@ -86,7 +87,7 @@ def quantize_params(params: dict, kind: str, group=32, bits: int | None = None, 
     keep_float: layer names or shell patterns ("h.0.*", "*.mlp.c_proj") left in float.
     """
     bits = bits or max(BITS.get(kind, (8,)))
-    _check(kind, bits, group)
+    check_scheme(kind, bits, group)
     if is_quantized(params):
         raise ConfigError("these weights are quantized already; quantize the float checkpoint instead")
     out = {}
