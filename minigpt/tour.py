@@ -146,5 +146,5 @@ def register(sub):
                    help="30-step models and smaller experiments: for tests and a quick look (same as MINIGPT_FAST=1)")
     p.add_argument("--book-figures", action="store_true",
                    help="regenerate the committed figures in figures/ from full runs (refuses fast mode)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar over the chapters")
     p.set_defaults(func=lambda a: (run_tour(a.only, a.cache_dir, a.fast, not a.no_progress, a.book_figures), 0)[1])
