@@ -73,6 +73,9 @@ def _add_train(sub):
     p.add_argument("--backend", help=BACKEND_HELP)
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar: print one line per validation instead (for logs)")
+    p.add_argument("--qat", action="store_true",
+                   help="with --resume QCKPT from minigpt quantize: quantization-aware fine-tuning of its integer "
+                        "weights (default: 200 steps at a tenth of the run's lr), saved quantized the same way")
     p.set_defaults(func=cmd_train)
 
 
@@ -123,6 +126,7 @@ def build_parser():
 
     hf.add_export_hf(sub)
     hf.add_import_hf(sub)
+    __import__("minigpt.quant.cli").quant.cli.register(sub)  # minigpt quantize
     __import__("minigpt.bench").bench.register(sub)  # minigpt bench (imported here: numba loads lazily)
     __import__("minigpt.prune.cli").prune.cli.register(sub)  # minigpt prune
     return parser
@@ -235,6 +239,8 @@ def cmd_train(args):
     from .tokenizer import CharTokenizer
     from .train import train
 
+    if args.qat:  # a quantized checkpoint's fine-tune (minigpt.quant.cli)
+        return __import__("minigpt.quant.cli").quant.cli.cmd_train_qat(args)
     if args.resume:
         ckpt, tcfg = _resume(args)
         model = ckpt.model

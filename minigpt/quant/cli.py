@@ -1,0 +1,279 @@
+"""``minigpt quantize`` and ``minigpt train --resume QCKPT --qat``.
+
+quantize: a float checkpoint in, a quantized checkpoint out, and the
+yardsticks before and after, measured in this run: validation loss, weight
+bytes, bits per weight, generation tokens/s.
+
+train --qat: fine-tune a quantized checkpoint with quantization-aware
+training (its integer weights dequantized to start from, fake-quantized in
+every forward, stored the same way again at the end).
+
+This module never imports minigpt.cli (which imports it), so the package
+keeps no import cycle.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError, MinigptError
+from .weights import BITS, bits_per_weight, dequantize_params, kind_for_bits, quantized_layers
+from .weights import quantize_params, weight_bytes
+
+DEFAULT_GROUP = 32
+
+
+def _bits(text):
+    try:
+        bits = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer from 2 to 8, got {text!r}") from None
+    if not 2 <= bits <= 8:
+        raise argparse.ArgumentTypeError(f"must be from 2 to 8, got {bits}")
+    return bits
+
+
+def register(sub):
+    p = sub.add_parser(
+        "quantize", help="quantize a checkpoint's weights (int8 / int4 / W8A8 / Q8_0 / Q4_0)",
+        description="Quantize the linear layers of a float checkpoint (round to nearest), print validation "
+                    "loss, weight bytes, bits per weight and generation tokens/s before and after, and write "
+                    "the quantized checkpoint (sample and eval read it like any other). Weights of 5 to 8 bits "
+                    "are stored as int8 with one scale per output channel, 2 to 4 bits as packed 4-bit values "
+                    "with one scale per group of inputs. The embeddings (also the output head), LayerNorms and "
+                    "biases stay float.")
+    p.add_argument("checkpoint", help="a float checkpoint written by minigpt train or import-hf")
+    p.add_argument("--out", metavar="QCKPT", required=True, help="where to write the quantized checkpoint")
+    p.add_argument("--bits", type=_bits, help="bits a weight, 2 to 8 (default: 8, or the --format's)")
+    p.add_argument("--group-size", type=int, metavar="G",
+                   help=f"2-4 bits: inputs sharing one scale; must divide every layer's input width "
+                        f"(default: {DEFAULT_GROUP})")
+    p.add_argument("--activations", action="store_true",
+                   help="W8A8: also quantize each token's activations to int8 on the fly (needs 8 bits)")
+    p.add_argument("--format", choices=["q8_0", "q4_0"],
+                   help="llama.cpp's block formats instead: 32 weights a block with a float16 scale")
+    p.add_argument("--keep-float", nargs="+", metavar="LAYER", default=[],
+                   help="layers (or shell patterns, e.g. 'h.0.*') to leave in float (default: none)")
+    p.add_argument("--max-batches", type=int, default=50,
+                   help="validation batches of 32 windows to measure the loss on, 0 for the whole split "
+                        "(default: %(default)s)")
+    p.add_argument("--tokens", type=int, default=64,
+                   help="tokens to generate (greedy) for the tokens/s measurement (default: %(default)s)")
+    p.add_argument("--backend", help="kernels: numpy (the reference) | numba (default: numba)")
+    p.set_defaults(func=cmd_quantize)
+
+
+def scheme_from_args(args) -> dict:
+    """{"kind", "bits", "group"} from the command line, or a MinigptError naming the clash."""
+    if args.format:
+        bits = BITS[args.format][0]
+        if args.bits is not None and args.bits != bits:
+            raise MinigptError(f"--format {args.format} stores {bits}-bit weights, not --bits {args.bits}")
+        if args.group_size is not None or args.activations:
+            raise MinigptError(f"--format {args.format} has a fixed layout: drop --group-size / --activations")
+        return {"kind": args.format, "bits": bits, "group": None}
+    bits = 8 if args.bits is None else args.bits
+    if args.activations:
+        if bits != 8:
+            raise MinigptError(f"--activations (W8A8) quantizes to 8 bits, not --bits {bits}")
+        kind = "w8a8"
+    else:
+        kind = kind_for_bits(bits)
+    if args.group_size is not None and kind != "int4":
+        raise MinigptError(f"--group-size applies to 2-4 bits; {bits}-bit weights have one scale per output channel")
+    group = (DEFAULT_GROUP if args.group_size is None else args.group_size) if kind == "int4" else None
+    if group is not None and (group <= 0 or group % 2):
+        raise MinigptError(f"--group-size must be a positive even number, got {group}")
+    return {"kind": kind, "bits": bits, "group": group}
+
+
+def describe(scheme: dict) -> str:
+    kind, bits, group = scheme["kind"], scheme["bits"], scheme.get("group")
+    if kind == "int4":
+        return f"int{bits} weights, groups of {group}" if group else f"int{bits} weights, per channel"
+    return {"int8": f"int{bits} weights, per channel", "w8a8": "W8A8 (int8 weights and activations)",
+            "q8_0": "Q8_0 blocks", "q4_0": "Q4_0 blocks"}[kind]
+
+
+def _validation(model, dataset, max_batches):
+    from ..train import evaluate
+
+    return evaluate(model, dataset, "val", 32, max_batches or None)
+
+
+def tokens_per_second(model, n_tokens, prompt_id=0) -> float:
+    """Greedy generation of n_tokens from a one-token prompt, after a short warm-up (compiles kernels)."""
+    prompt = np.array([prompt_id])
+    model.generate(prompt, 2, temperature=0.0)
+    t0 = time.perf_counter()
+    model.generate(prompt, n_tokens, temperature=0.0)
+    return n_tokens / (time.perf_counter() - t0)
+
+
+def _corpus(ckpt, text_path):
+    from ..data import Dataset, load_corpus
+
+    text, source = load_corpus(text_path or ckpt.meta.get("corpus"))
+    return Dataset.from_text(text, ckpt.model.tokenizer, ckpt.model.config.block_size), source
+
+
+def _check_not_dir(out):
+    if Path(out).is_dir():
+        raise MinigptError(f"--out {out} is a directory; give a file name such as {Path(out) / 'q.npz'}")
+
+
+def _check_out(out, source):
+    if Path(out).resolve() == Path(source).resolve():
+        raise MinigptError(f"--out {out} is the checkpoint being quantized; write the quantized one elsewhere")
+    _check_not_dir(out)
+
+
+def cmd_quantize(args):
+    from ..model import GPT, load_checkpoint
+
+    for name in ("max_batches", "tokens"):
+        if getattr(args, name) < (0 if name == "max_batches" else 1):
+            raise MinigptError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    scheme = scheme_from_args(args)
+    _check_out(args.out, args.checkpoint)
+    ckpt = load_checkpoint(args.checkpoint, backend=args.backend)
+    model = ckpt.model
+    if quantized_layers(model.params):
+        raise MinigptError(f"{args.checkpoint} is quantized already; quantize the float checkpoint it came from")
+    if model.tokenizer is None:
+        raise MinigptError(f"{args.checkpoint} has no vocabulary, so its validation text cannot be encoded")
+    params = quantize_params(model.params, scheme["kind"], group=scheme["group"], bits=scheme["bits"],
+                             keep_float=tuple(args.keep_float))
+    qmodel = GPT(model.config, params=params, backend=model.backend, tokenizer=model.tokenizer)
+    dataset, source = _corpus(ckpt, None)
+    print(f"minigpt: {args.checkpoint} -> {describe(scheme)}; "
+          f"{len(quantized_layers(params))} linear layers quantized, corpus {source}", file=sys.stderr)
+    rows = []
+    for label, m in (("float", model), ("quantized", qmodel)):
+        rows.append((label, _validation(m, dataset, args.max_batches), weight_bytes(m.params),
+                     bits_per_weight(m.params), tokens_per_second(m, args.tokens)))
+    print(_table(rows, describe(scheme), model.config.dtype, _unit(model.tokenizer)))
+    meta = {k: v for k, v in ckpt.meta.items() if k in ("corpus", "history")}
+    meta["quantization"] = {**scheme, "method": "rtn", "source": str(args.checkpoint),
+                            "float_val_loss": rows[0][1], "val_loss": rows[1][1]}
+    qmodel.save(args.out, step=ckpt.step, train_config=ckpt.train_config, extra=meta)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _unit(tokenizer):
+    from ..tokenizer import CharTokenizer
+
+    return "char" if isinstance(tokenizer, CharTokenizer) else "token"
+
+
+def _table(rows, label, dtype, unit) -> str:
+    """Before and after, side by side, each change in the last column."""
+    (_, l0, b0, w0, t0), (_, l1, b1, w1, t1) = rows
+    w = max(len(label), 12)
+    return "\n".join([
+        f"{'':<16}{dtype:>12}  {label:>{w}}",
+        f"{'val loss':<16}{l0:>12.4f}  {l1:>{w}.4f}   {l1 - l0:+.4f}",
+        f"{'bits/' + unit:<16}{l0 / math.log(2):>12.4f}  {l1 / math.log(2):>{w}.4f}",
+        f"{'weight bytes':<16}{b0:>12,}  {b1:>{w},}   {b0 / b1:.2f}x smaller",
+        f"{'bits per weight':<16}{w0:>12.2f}  {w1:>{w}.2f}   (block linears, scales included)",
+        f"{'tokens/s':<16}{t0:>12.1f}  {t1:>{w}.1f}   {t1 / t0:.2f}x (greedy, batch 1)",
+    ])
+
+
+# ------------------------------------------------------------ train --qat
+_SHAPES = ("preset", "block_size", "n_layer", "n_head", "n_embd", "dropout", "dtype")
+
+
+def scheme_of(params) -> dict:
+    """The {"kind", "bits", "group"} a quantized parameter dict was made with, read off
+    its arrays: symmetric min-max puts every slice's largest weight on +-q_max, so
+    the largest code gives the bits; one group size (or per channel) for all layers."""
+    layers = quantized_layers(params)
+    kinds = set(layers.values())
+    if len(kinds) != 1:
+        raise ConfigError(f"the layers mix formats {sorted(kinds)}")
+    kind = kinds.pop()
+    if kind not in ("int8", "int4"):
+        raise ConfigError(f"quantization-aware training fine-tunes int8 / int2-4 weights, not {kind}")
+    if kind == "int8":
+        qmax = max(int(np.abs(params[f"{layer}.weight.int8"].astype(np.int16)).max()) for layer in layers)
+        return {"kind": kind, "bits": qmax.bit_length() + 1, "group": None}
+    from ..kernels.int_matmul_ref import unpack_int4
+
+    groups, qmax = set(), 0
+    for layer in layers:
+        g = int(params[f"{layer}.weight.group"])
+        packed = params[f"{layer}.weight.int4"]
+        groups.add(None if g == 2 * packed.shape[0] else g)
+        qmax = max(qmax, int(np.abs(unpack_int4(packed, g).astype(np.int16)).max()))
+    if len(groups) != 1:
+        raise ConfigError(f"the layers mix group sizes {sorted(groups, key=str)}")
+    return {"kind": kind, "bits": qmax.bit_length() + 1, "group": groups.pop()}
+
+
+def _qat_config(args, base):
+    """Training settings of the fine-tune: the command line's, else short and gentle."""
+    from ..config import TrainConfig
+
+    base = base or TrainConfig()
+    steps = args.steps or 200
+    lr = args.lr or base.lr / 10
+    tcfg = base.replace(steps=steps, lr=lr, min_lr=args.min_lr or lr / 10,
+                        warmup_steps=steps // 10 if args.warmup_steps is None else args.warmup_steps,
+                        batch_size=args.batch_size or base.batch_size,
+                        eval_every=args.eval_every or max(1, steps // 4), checkpoint_every=steps)
+    for name in ("weight_decay", "grad_clip"):
+        if getattr(args, name) is not None:
+            tcfg = tcfg.replace(**{name: getattr(args, name)})
+    return tcfg
+
+
+def cmd_train_qat(args):
+    """minigpt train --resume QCKPT --qat [--steps N --lr LR ... --out QCKPT2]."""
+    from ..model import GPT, load_checkpoint
+    from ..train import evaluate
+    from .qat import qat_finetune
+
+    if not args.resume:
+        raise MinigptError("--qat fine-tunes a quantized checkpoint: give it with --resume QCKPT "
+                           "(make one with minigpt quantize)")
+    given = [f"--{n.replace('_', '-')}" for n in _SHAPES if getattr(args, n, None) is not None]
+    if given:
+        raise MinigptError(f"--qat fine-tunes the checkpoint's own model; drop {', '.join(given)}")
+    ckpt = load_checkpoint(args.resume, backend=args.backend)
+    if not quantized_layers(ckpt.model.params):
+        raise MinigptError(f"--qat needs a quantized checkpoint, and {args.resume} holds float weights; "
+                           f"make one first: minigpt quantize {args.resume} --bits 4 --out q.npz")
+    try:
+        scheme = scheme_of(ckpt.model.params)
+    except ConfigError as e:
+        raise MinigptError(f"{args.resume}: {e}") from None
+    out = args.out or args.resume
+    _check_not_dir(out)  # overwriting QCKPT itself is the default
+    tcfg = _qat_config(args, ckpt.train_config)
+    dataset, source = _corpus(ckpt, args.text)
+    qmodel = ckpt.model
+    before = evaluate(qmodel, dataset, "val", tcfg.batch_size, tcfg.eval_batches)
+    model = GPT(qmodel.config, params=dequantize_params(qmodel.params), backend=qmodel.backend,
+                tokenizer=qmodel.tokenizer, seed=tcfg.seed)
+    layers = list(quantized_layers(qmodel.params))
+    print(f"minigpt: quantization-aware training of {args.resume} ({describe(scheme)}, {len(layers)} layers): "
+          f"{tcfg.steps} steps, lr {tcfg.lr:g} -> {tcfg.min_lr:g}, batch {tcfg.batch_size}, corpus {source}",
+          file=sys.stderr)
+    log = (lambda line: print(line, flush=True)) if args.no_progress else None
+    trained, result = qat_finetune(model, dataset, tcfg, scheme["kind"], scheme["bits"], scheme["group"], layers,
+                                   progress=not args.no_progress, log=log)
+    after = evaluate(trained, dataset, "val", tcfg.batch_size, tcfg.eval_batches)
+    meta = {k: v for k, v in ckpt.meta.items() if k in ("corpus", "quantization")}
+    meta["qat"] = {"steps": result.step, "lr": tcfg.lr, "val_loss_before": before, "val_loss_after": after}
+    trained.save(out, step=ckpt.step, train_config=ckpt.train_config, extra=meta)
+    state = "interrupted at" if result.interrupted else "finished"
+    print(f"{state} step {result.step} of quantization-aware training: val loss {before:.4f} -> {after:.4f} "
+          f"({describe(scheme)}), {result.tokens_per_second:,.0f} tokens/s; wrote {out}")
+    return 130 if result.interrupted else 0
