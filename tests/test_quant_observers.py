@@ -102,3 +102,18 @@ def test_calibrate_feeds_each_linear_input_from_the_models_accessor():
         np.testing.assert_array_equal(obs[name].range()[0], np.min([a.min(axis=(0, 1)) for a in acts], axis=0))
         np.testing.assert_array_equal(obs[name].range()[1], np.max([a.max(axis=(0, 1)) for a in acts], axis=0))
     assert obs["h.1.mlp.c_proj"].range()[0].shape == (64,)  # the MLP's width: the input of c_proj
+
+
+def test_mse_range_group_wise_per_group():
+    from minigpt.quant.observers import mse_range
+
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((64, 6))
+    w[3, 2] = 9.0  # one outlier in group 0 of column 2
+    lo, hi, errors = mse_range(w, 3, True, group=16, grid=40)
+    assert lo.shape == hi.shape == (4, 6) and errors.shape == (40, 4, 6)
+    t = quantize_tensor(w, 3, True, group=16, lo=lo, hi=hi)
+    err = ((t.dequantize() - w) ** 2).reshape(4, 16, 6).mean(axis=1)
+    np.testing.assert_allclose(err, errors.min(axis=0), rtol=1e-12)
+    minmax = ((quantize_tensor(w, 3, True, group=16).dequantize() - w) ** 2).reshape(4, 16, 6).mean(axis=1)
+    assert np.all(err <= minmax * (1 + 1e-12)) and err.sum() < 0.9 * minmax.sum()

@@ -13,6 +13,8 @@ the quantizer's scale and zero point come from (minigpt.kernels.quantizer).
     MSEObserver                  lo, hi = a (min, max) for the a in (0, 1] that minimises
                                  the mean squared quantization error of the values seen:
                                  clipping trades a few large errors for a finer step
+                                 (mse_range: the same search for any tensor and layout,
+                                 group-wise weights included)
 
 axis=None watches the whole tensor (one range); axis=a keeps one range per
 index along a (per channel: axis=-1 for activations (B, T, C)).
@@ -27,7 +29,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from ..kernels.quantizer import quantize_tensor, scale_zero_point
+from ..kernels.quantizer import quantize_tensor, scale_zero_point, slice_min_max
 from ..layers.block import LINEARS
 
 
@@ -134,11 +136,36 @@ class PercentileObserver(_Keeper):
         return lo.astype(self.dtype), hi.astype(self.dtype)
 
 
+def slice_mean(e, axis=None, group=None, group_axis=0):
+    """The mean of e over each slice that shares a scale (the parameter shape of
+    minigpt.kernels.quantizer: () per tensor, (n_a,) per channel, ...)."""
+    if group is not None:
+        a = group_axis % e.ndim
+        return e.reshape(e.shape[:a] + (e.shape[a] // group, group) + e.shape[a + 1:]).mean(axis=a + 1)
+    if axis is None:
+        return e.mean()
+    return e.mean(axis=tuple(i for i in range(e.ndim) if i != axis % e.ndim))
+
+
+def mse_range(x, bits, symmetric=False, axis=None, group=None, group_axis=0, grid=100):
+    """(lo, hi, errors): for each slice, the clipped range (a min, a max), a in
+    1/grid, 2/grid, ..., 1, whose quantization of x has the least mean squared
+    error; errors (grid, *slices) holds every candidate's. a = 1 (min-max) is a
+    candidate, so the result is never worse than min-max on x."""
+    x = np.asarray(x)
+    lo0, hi0 = slice_min_max(x, axis, group, group_axis)
+    alphas = np.arange(1, grid + 1) / grid
+    errors = []
+    for a in alphas:
+        t = quantize_tensor(x, bits, symmetric, axis, group, group_axis, lo=a * lo0, hi=a * hi0)
+        errors.append(slice_mean((t.dequantize() - x) ** 2, axis, group, group_axis))
+    errors = np.stack(errors)  # (grid, *slices)
+    best = alphas[errors.argmin(axis=0)]
+    return (best * lo0).astype(x.dtype), (best * hi0).astype(x.dtype), errors
+
+
 class MSEObserver(_Keeper):
-    """Searches a = 1/n, 2/n, ..., 1 (n = grid) for the clipped range (a min, a max)
-    whose quantization has the least mean squared error over the values seen,
-    per channel when axis is given. a = 1 (min-max) is a candidate, so the
-    result is never worse than min-max on these values."""
+    """The range mse_range chooses for all values seen (per channel when axis is given)."""
 
     def __init__(self, bits=8, symmetric=False, axis=None, grid=100):
         super().__init__(bits, symmetric, axis)
@@ -146,18 +173,9 @@ class MSEObserver(_Keeper):
         self.errors = None  # (grid, ...) the error of each candidate, for plots
 
     def range(self):
-        x = self.values()
-        lo0, hi0 = x.min(axis=0), x.max(axis=0)
-        alphas = np.arange(1, self.grid + 1) / self.grid
-        errors = np.stack([self._mse(x, a * lo0, a * hi0) for a in alphas])  # (grid,) or (grid, C)
-        best = alphas[errors.argmin(axis=0)]
-        self.alphas, self.errors = alphas, errors
-        return (best * lo0).astype(self.dtype), (best * hi0).astype(self.dtype)
-
-    def _mse(self, x, lo, hi):
-        axis = None if self.axis is None else 1  # x is (n, C): the channels are x's axis 1
-        t = quantize_tensor(x, self.bits, self.symmetric, axis=axis, lo=lo, hi=hi)
-        return ((t.dequantize() - x) ** 2).mean(axis=0)
+        axis = None if self.axis is None else 1  # the values are (n, C): the channels are axis 1
+        lo, hi, self.errors = mse_range(self.values(), self.bits, self.symmetric, axis, grid=self.grid)
+        return lo, hi
 
 
 OBSERVERS = {"minmax": MinMaxObserver, "moving_average": MovingAverageMinMaxObserver,
