@@ -313,10 +313,7 @@ def bench_sparse(quick, torch):
     """CSR x dense (numba) against the dense float32 product (BLAS) of the same
     pruned matrix, zeros included, at GPT-2-small's 768 x 3072: one decoding
     row and a batch of 512 rows, across sparsities; the crossover is in each title."""
-    import numba
-
-    from .kernels import threads
-    from .kernels.sparse import GATHER_COST, GATHER_ROWS, sparse_matmul
+    from .kernels.sparse import sparse_matmul, threads_used
     from .layers.sparse_linear import csr_from_dense
     from .prune.sparse import csr_nbytes
 
@@ -331,8 +328,7 @@ def bench_sparse(quick, torch):
         times, labels = {}, {}
         for s, w in weights.items():
             c = csr_from_dense(w)
-            work = (GATHER_COST if M < GATHER_ROWS else 1) * M * c["values"].size  # what threads_for weighs
-            n = 1 if work < threads.SMALL_WORK else numba.get_num_threads()
+            n = threads_used(M, c["values"].size)
             labels[s] = f"numba CSR, {n} thread{'s' if n > 1 else ''} ({csr_nbytes(c) / 2**20:.1f} MB)"
             times[s] = _interleaved_medians({
                 "dense": lambda x=x, w=w: x @ w,

@@ -7,30 +7,45 @@ minigpt.layers.sparse_linear): output j's nonzeros are values[p], at inputs
 indices[p], for p in [indptr[j], indptr[j+1]).
 
 How each case runs:
-- one row (decoding, M = 1): y[j] = sum_p values[p] * x[indices[p]]. An
-  output's entries are read contiguously; x (K floats) is gathered, and
-  stays in L1 cache. Outputs are independent, so threads split them with
-  no write conflicts; work (and memory traffic) is in proportion to the
-  nonzeros, where dense BLAS reads all K N weights.
-- a batch: x is transposed once to xt (K, M), so that a nonzero
-  W[k, j] = v updates a whole tile of output j's column with
-  acc[:] += v * xt[k, m0:m0 + TILE_M], a contiguous multiply-add that
-  vectorises. A task is one tile of rows times a run of outputs; its xt
-  tile (K x TILE_M floats) is reused by every output of the run. The result
-  is written transposed, (N, M), and turned back at the end.
+- one row (decoding, M = 1), or fewer than GATHER_ROWS rows:
+  y[j] = sum_p values[p] * x[indices[p]]. An output's entries are read
+  contiguously; x (K floats) is gathered (vector gathers), and stays in L1
+  cache. Outputs are independent, so threads split them with no write
+  conflicts; work and memory traffic are in proportion to the nonzeros,
+  where dense BLAS reads all K N weights: this is where sparsity pays.
+- a batch: x is cut into tiles of TILE_M rows and each tile transposed,
+  xtiles (T, K, TILE_M), so that a nonzero W[k, j] = v updates output j's
+  TILE_M sums with one contiguous multiply-add, acc[:] += v * xt[k, :].
+  The sums stay in vector registers across all of output j's nonzeros
+  (see _csr_tiles), and each xt tile (K x TILE_M floats, in L2) is reused by
+  a run of outputs. The result comes out as (T, N, TILE_M) and is turned
+  back at the end. A dense BLAS product reuses every loaded weight across
+  many rows and columns from registers; here every nonzero reloads a row of
+  xt from L2, so a batch needs far more zeros than one row to win (see
+  `minigpt bench`).
 Both loops are compiled with fastmath's reassociation, so they sum in
 another order than the reference: they agree to float rounding, not bits.
 """
+import numba
 import numpy as np
 from numba import njit, prange
 
+from . import threads
 from .threads import threads_for
 
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
-TILE_M = 64  # rows of x per batch task: the xt tile (K x 64 floats) stays in L2 across a run of outputs
+# Rows of x per batch task: 64 float32 sums are 8 AVX2 / 4 AVX-512 registers. Measured on the 2-core
+# Xeon (one thread, 768 x 3072, 512 rows, 50-95% zeros): 32 rows is 2-4x slower (LLVM no longer keeps the
+# sums in registers), 128 rows and runs of 8 or 64 outputs are within the noise of 64 and 16.
+TILE_M = 64
 RUN = 16  # outputs per task (both paths); small enough to balance threads when nonzeros are uneven
-GATHER_ROWS = 32  # fewer rows than this go through the row-by-row gather loop instead of a padded tile
-GATHER_COST = 4  # a gathered multiply-add counts as about 4 dense ones (for threads_for)
+# Fewer rows than this go through the row-by-row gather loop instead of a zero-padded tile: one tile of
+# 64 rows cost about as much as 8 rows gathered one by one (measured, one thread, 768 x 3072, 50-95% zeros).
+GATHER_ROWS = 8
+# threads_for weighs work in the multiply-adds of vectorised kernels (an int8-weight decoding row of
+# 768 x 3072: 0.05 ms). A gathered multiply-add takes ~16 times as long: one row of 768 x 3072 at 80%
+# zeros (472K nonzeros) took 0.16 ms of CPU on one core of the 2-core Xeon, worth splitting over threads.
+GATHER_COST = 16
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -82,6 +97,27 @@ def _csr_tiles(xtiles, values, indices, indptr, zero, otiles):
                     otiles[t, j, m] += v * xtiles[t, k, m]
 
 
+def _split(M):
+    """(tiles, rows gathered) for a product of M rows."""
+    n_t = M // TILE_M + (M % TILE_M >= GATHER_ROWS)  # a short last tile is padded only if it is long enough
+    return n_t, M - min(M, n_t * TILE_M)
+
+
+def _gather_work(rows, nnz):
+    return GATHER_COST * rows * nnz
+
+
+def _tile_work(n_t, nnz):
+    return n_t * TILE_M * nnz
+
+
+def threads_used(M, nnz) -> int:
+    """How many threads sparse_matmul runs on for M rows and nnz nonzeros (for reports)."""
+    n_t, gathered = _split(M)
+    work = max(_tile_work(n_t, nnz) if n_t else 0, _gather_work(gathered, nnz))
+    return 1 if work < threads.SMALL_WORK else numba.get_num_threads()
+
+
 def sparse_matmul(x, values, indices, indptr):
     """x (M, K) float times the CSR weight (K, N) -> (M, N) in x's dtype; see the module docstring."""
     x = np.ascontiguousarray(x)
@@ -91,12 +127,12 @@ def sparse_matmul(x, values, indices, indptr):
     indices, indptr = np.ascontiguousarray(indices), np.ascontiguousarray(indptr)
     M, N = x.shape[0], indptr.shape[0] - 1
     out = np.empty((M, N), dtype=x.dtype)
-    n_t = M // TILE_M + (M % TILE_M >= GATHER_ROWS)  # a short last tile is padded only if it is long enough
-    tiled = min(M, n_t * TILE_M)
+    n_t, gathered = _split(M)
+    tiled = M - gathered
     if n_t:
         out[:tiled] = _tiled_product(x[:tiled], values, indices, indptr, n_t)
     if tiled < M:
-        with threads_for(GATHER_COST * (M - tiled) * values.shape[0]):
+        with threads_for(_gather_work(M - tiled, values.shape[0])):
             _csr_rows(x[tiled:], values, indices, indptr, x.dtype.type(0), out[tiled:])
     return out
 
@@ -109,6 +145,6 @@ def _tiled_product(x, values, indices, indptr, n_t):
     xtiles[:M] = x
     xtiles = np.ascontiguousarray(xtiles.reshape(n_t, TILE_M, K).transpose(0, 2, 1))  # (T, K, TILE_M)
     otiles = np.empty((n_t, N, TILE_M), dtype=x.dtype)
-    with threads_for(n_t * TILE_M * values.shape[0]):
+    with threads_for(_tile_work(n_t, values.shape[0])):
         _csr_tiles(xtiles, values, indices, indptr, x.dtype.type(0), otiles)
     return otiles.transpose(0, 2, 1).reshape(n_t * TILE_M, N)[:M]  # (M, N)
