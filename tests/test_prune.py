@@ -128,6 +128,8 @@ def test_prunable_names_and_bad_requests():
     masks = magnitude_masks(params, 0.5, embeddings=True)
     assert set(masks) == set(names) | {"wte.weight", "wpe.weight"}
     pruned = apply(params, masks)
+    pruned["h.0.ln_1.weight"][0] = 7.0  # a copy of everything: training it leaves params alone
+    assert params["h.0.ln_1.weight"][0] == 1.0 and not np.shares_memory(pruned["wte.weight"], params["wte.weight"])
     assert all(pruned[k].dtype == params[k].dtype and not pruned[k][~m].any() for k, m in masks.items())
     assert abs(sparsity(masks) - 0.5) < 1e-3
 

@@ -88,10 +88,11 @@ def alive_masks(params: dict, names) -> dict[str, np.ndarray]:
 
 
 def apply(params: dict, masks: dict) -> dict:
-    """A copy of params with every pruned entry set to exactly 0 (params untouched)."""
-    out = dict(params)
+    """A copy of params (every array copied, so training the copy leaves
+    params alone) with every pruned entry set to exactly 0."""
+    out = {name: p.copy() for name, p in params.items()}
     for name, m in masks.items():
-        out[name] = np.where(m, params[name], 0).astype(params[name].dtype)
+        np.copyto(out[name], 0, where=~np.asarray(m, dtype=bool))
     return out
 
 
