@@ -18,8 +18,7 @@ How each case runs:
   TILE_M sums with one contiguous multiply-add, acc[:] += v * xt[k, :].
   The sums stay in vector registers across all of output j's nonzeros
   (see _csr_tiles), and each xt tile (K x TILE_M floats, in L2) is reused by
-  a run of outputs. The result comes out as (T, N, TILE_M) and is turned
-  back at the end. A dense BLAS product reuses every loaded weight across
+  a run of outputs. A dense BLAS product reuses every loaded weight across
   many rows and columns from registers; here every nonzero reloads a row of
   xt from L2, so a batch needs far more zeros than one row to win (see
   `minigpt bench`).
@@ -70,31 +69,39 @@ def _csr_rows(x, values, indices, indptr, zero, out):
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _csr_tiles(xtiles, values, indices, indptr, zero, otiles):
-    """otiles[t, j, m] = sum_{p of output j} values[p] * xtiles[t, indices[p], m].
+def _csr_tiles(xtiles, values, indices, indptr, zero, acc, out):
+    """out[t TILE_M + m, j] = sum_{p of output j} values[p] * xtiles[t, indices[p], m].
 
     xtiles (T, K, TILE_M) is x^T cut into tiles of TILE_M rows (the last one
     zero-padded), so the m loop always runs TILE_M times from 0 and compiles
-    to full vector multiply-adds. Every array is indexed in full, never
-    sliced: with no views in the loop numba tells LLVM that the arrays do
-    not overlap, and LLVM then keeps output j's TILE_M sums in vector
-    registers across all of its nonzeros (with a view they went through
-    memory on every nonzero: 2.4x slower, measured).
+    to full vector multiply-adds. acc (T, N, TILE_M) is where output j's
+    sums live. Every array is indexed in full, never sliced: with no views
+    in the loop numba tells LLVM that the arrays do not overlap, and LLVM
+    then keeps the TILE_M sums in vector registers across all of output j's
+    nonzeros (with a view they went through memory on every nonzero: 2.4x
+    slower, measured). A task's block of out is written row by row at its
+    end, whole cache lines at a time (writing each output's column as soon
+    as it was done, 64 rows 12 KB apart, cost more than the products at
+    high sparsity; so did transposing acc with NumPy afterwards).
     """
     n_t = xtiles.shape[0]
-    N = otiles.shape[1]
+    M, N = out.shape
     n_runs = (N + RUN - 1) // RUN
     for task in prange(n_t * n_runs):
         t = task % n_t  # neighbouring tasks share a run of outputs: its nonzeros stay in cache
         j0 = (task // n_t) * RUN
-        for j in range(j0, min(N, j0 + RUN)):
+        j1 = min(N, j0 + RUN)
+        for j in range(j0, j1):
             for m in range(TILE_M):
-                otiles[t, j, m] = zero
+                acc[t, j, m] = zero
             for p in range(indptr[j], indptr[j + 1]):
                 v = values[p]
                 k = indices[p]
                 for m in range(TILE_M):
-                    otiles[t, j, m] += v * xtiles[t, k, m]
+                    acc[t, j, m] += v * xtiles[t, k, m]
+        for m in range(min(TILE_M, M - t * TILE_M)):
+            for j in range(j0, j1):
+                out[t * TILE_M + m, j] = acc[t, j, m]
 
 
 def _split(M):
@@ -130,21 +137,20 @@ def sparse_matmul(x, values, indices, indptr):
     n_t, gathered = _split(M)
     tiled = M - gathered
     if n_t:
-        out[:tiled] = _tiled_product(x[:tiled], values, indices, indptr, n_t)
+        _tiled_product(x[:tiled], values, indices, indptr, n_t, out[:tiled])
     if tiled < M:
         with threads_for(_gather_work(M - tiled, values.shape[0])):
             _csr_rows(x[tiled:], values, indices, indptr, x.dtype.type(0), out[tiled:])
     return out
 
 
-def _tiled_product(x, values, indices, indptr, n_t):
-    """x (M <= n_t TILE_M, K) times the CSR weight through _csr_tiles -> (M, N)."""
+def _tiled_product(x, values, indices, indptr, n_t, out):
+    """out (M <= n_t TILE_M, N) = x (M, K) times the CSR weight, through _csr_tiles."""
     M, K = x.shape
     N = indptr.shape[0] - 1
     xtiles = np.zeros((n_t * TILE_M, K), dtype=x.dtype)
     xtiles[:M] = x
     xtiles = np.ascontiguousarray(xtiles.reshape(n_t, TILE_M, K).transpose(0, 2, 1))  # (T, K, TILE_M)
-    otiles = np.empty((n_t, N, TILE_M), dtype=x.dtype)
+    acc = np.empty((n_t, N, TILE_M), dtype=x.dtype)
     with threads_for(_tile_work(n_t, values.shape[0])):
-        _csr_tiles(xtiles, values, indices, indptr, x.dtype.type(0), otiles)
-    return otiles.transpose(0, 2, 1).reshape(n_t * TILE_M, N)[:M]  # (M, N)
+        _csr_tiles(xtiles, values, indices, indptr, x.dtype.type(0), acc, out)
