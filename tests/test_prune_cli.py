@@ -112,6 +112,22 @@ def test_export_hf_of_an_unstructured_pruned_checkpoint(setup, tmp_path):
     assert (tmp_path / "hf" / "model.safetensors").is_file()
 
 
+def test_sparse_storage_writes_csr_that_loads_to_the_same_weights(setup, capsys):
+    from minigpt.prune.sparse import sparse_names, to_dense
+
+    d, _ = setup
+    dense_out, sparse_out = d / "dense90.npz", d / "sparse90.npz"
+    assert prune(setup, "--method", "magnitude", "--sparsity", "0.9", "--out", str(dense_out)) == 0
+    assert prune(setup, "--method", "magnitude", "--sparsity", "0.9", "--sparse-storage", "--out", str(sparse_out)) == 0
+    assert "8 matrices stored as CSR" in capsys.readouterr().out
+    dense, sparse = load_checkpoint(dense_out), load_checkpoint(sparse_out)
+    assert len(sparse_names(sparse.model.params)) == 8 and sparse.masks is None
+    back = to_dense(sparse.model.params)
+    assert all(np.array_equal(back[k], v) for k, v in dense.model.params.items())
+    assert sparse_out.stat().st_size < dense_out.stat().st_size / 3  # no AdamW moments, CSR at 90% zeros
+    assert main(["sample", str(sparse_out), "--prompt", "def", "--tokens", "5", "--backend", "numpy"]) == 0
+
+
 @pytest.mark.parametrize("args,message", [
     (["--method", "magnitude", "--sparsity", "1.0"], "--sparsity must be in [0, 1)"),
     (["--method", "magnitude", "--sparsity", "-0.1"], "--sparsity must be in [0, 1)"),
@@ -122,6 +138,7 @@ def test_export_hf_of_an_unstructured_pruned_checkpoint(setup, tmp_path):
     (["--method", "gradual", "--sparsity", "0.5"], "--finetune-steps"),
     (["--method", "heads", "--sparsity", "0.9"], "all 2 heads of layer"),
     (["--method", "wanda", "--sparsity", "0.5", "--embeddings"], "--embeddings works with"),
+    (["--method", "neurons", "--sparsity", "0.5", "--sparse-storage"], "leaves none"),
     (["--method", "magnitude", "--sparsity", "0.5", "--finetune-steps", "-1"], "--finetune-steps must be"),
 ])
 def test_bad_requests_get_one_line_and_exit_2(setup, capsys, tmp_path, args, message):

@@ -55,6 +55,10 @@ def register(sub):
                    help="validation batches of 32 windows, spread over the split (default: %(default)s)")
     p.add_argument("--bench-tokens", type=int, default=100,
                    help="tokens generated (greedy, KV cache) to time generation (default: %(default)s)")
+    p.add_argument("--sparse-storage", action="store_true",
+                   help="store every pruned matrix that CSR makes smaller as CSR arrays (minigpt.prune.sparse); "
+                        "the forward then runs the sparse kernel. Such matrices are frozen, so the output is "
+                        "for inference (no optimizer state); keep a dense output to fine-tune")
     p.add_argument("--seed", type=int, default=0, help="random pruning, calibration and fine-tuning batches "
                                                        "(default: %(default)s)")
     p.add_argument("--text", metavar="FILE", help="corpus (default: the one the checkpoint was trained on)")
@@ -90,6 +94,9 @@ def _check_args(args):
         raise MinigptError(f"--lr must be a positive number, got {args.lr}")
     if method == "gradual" and args.finetune_steps < 1:
         raise PruneError("--method gradual prunes while fine-tuning: give --finetune-steps (e.g. 300)")
+    if args.sparse_storage and method in ("heads", "neurons"):
+        raise PruneError(f"--sparse-storage stores zeros compactly; --method {method} leaves none (its matrices "
+                         f"shrink instead)")
     if args.embeddings and method not in ("magnitude", "global", "random", "gradual"):
         raise PruneError(f"--embeddings works with magnitude, global, random and gradual, not {method}")
 
@@ -191,7 +198,8 @@ def cmd_prune(args):
         s = args.sparsity
     before = {"loss": evaluate(model, dataset, "val", 32, args.eval_batches),
               "alive": alive_by_kind(model.params, ckpt.masks),
-              "bytes": Path(args.checkpoint).stat().st_size, "tok/s": generation_speed(model, args.bench_tokens)}
+              "bytes": Path(args.checkpoint).stat().st_size, "params": param_bytes(model.params, ckpt.masks),
+              "tok/s": generation_speed(model, args.bench_tokens)}
     t0 = time.perf_counter()
     masks = ckpt.masks
     if method == "gradual":
@@ -222,12 +230,46 @@ def cmd_prune(args):
         rng = np.random.default_rng(tcfg.seed)
         save_checkpoint(args.out, pruned, step=0, optimizer=opt, train_config=tcfg,
                         rng_state={"data": rng.bit_generator.state}, extra={**meta, "history": {}}, masks=masks)
+    alive = alive_by_kind(pruned.params, masks)  # before CSR storage hides the dense weights
+    if args.sparse_storage:
+        pruned, masks = _store_sparse(pruned, masks, tcfg, meta, args.out)
+        what += "; " + _sparse_note(pruned)
     seconds = time.perf_counter() - t0
-    after = {"loss": evaluate(pruned, dataset, "val", 32, args.eval_batches),
-             "alive": alive_by_kind(pruned.params, masks),
-             "bytes": Path(args.out).stat().st_size, "tok/s": generation_speed(pruned, args.bench_tokens)}
+    after = {"loss": evaluate(pruned, dataset, "val", 32, args.eval_batches), "alive": alive,
+             "bytes": Path(args.out).stat().st_size, "params": param_bytes(pruned.params, masks),
+             "tok/s": generation_speed(pruned, args.bench_tokens)}
     _report(args, what, before, oneshot, after, seconds)
     return 0
+
+
+def _store_sparse(model, masks, tcfg, meta, out):
+    """Rewrite out with the model's sparse-enough matrices as CSR arrays and
+    return (that model, the masks still stored): a CSR matrix's pattern is
+    its mask, the other matrices keep theirs."""
+    from ..checkpoint import save_checkpoint
+    from ..model import GPT
+    from .sparse import sparse_names, to_sparse
+
+    params = to_sparse(model.params)
+    stored = set(sparse_names(params))
+    sparse = GPT(model.config, params=params, backend=model.backend, tokenizer=model.tokenizer)
+    kept = {k: v for k, v in (masks or {}).items() if k not in stored}
+    save_checkpoint(out, sparse, step=0, train_config=tcfg, extra={**meta, "sparse_storage": sorted(stored)},
+                    masks=kept or None)
+    return sparse, kept
+
+
+def _sparse_note(model) -> str:
+    from .sparse import sparse_names
+
+    n = len(sparse_names(model.params))
+    return f"{n} matri{'x' if n == 1 else 'ces'} stored as CSR (frozen: an inference checkpoint)"
+
+
+def param_bytes(params: dict, masks=None) -> int:
+    """Bytes of the parameter arrays (and of the masks, 1 bit a weight packed),
+    without the optimizer state a training checkpoint also holds."""
+    return sum(a.nbytes for a in params.values()) + sum(-(-m.size // 8) for m in (masks or {}).values())
 
 
 def _report(args, what, before, oneshot, after, seconds):
@@ -241,7 +283,10 @@ def _report(args, what, before, oneshot, after, seconds):
         a0, n0 = before["alive"].get(kind, (0, 0))
         a1, n1 = after["alive"].get(kind, (0, 0))
         print(f"{'alive ' + kind:<24}{f'{a0:,}/{n0:,}':>14}{f'{a1:,}/{n1:,}':>14}   ({a1 / max(n0, 1):.1%} of before)")
-    print(f"{'bytes on disk':<24}{before['bytes']:>14,}{after['bytes']:>14,}   (x{after['bytes'] / before['bytes']:.2f})")
+    print(f"{'parameter bytes':<24}{before['params']:>14,}{after['params']:>14,}   "
+          f"(x{after['params'] / before['params']:.2f}; with masks, 1 bit a weight)")
+    print(f"{'bytes on disk':<24}{before['bytes']:>14,}{after['bytes']:>14,}   (x{after['bytes'] / before['bytes']:.2f}"
+          f"; a training checkpoint also holds AdamW's m and v)")
     print(f"{'generation tokens/s':<24}{before['tok/s']:>14,.0f}{after['tok/s']:>14,.0f}   "
           f"(x{after['tok/s'] / before['tok/s']:.2f})")
     print(f"wrote {args.out}")
