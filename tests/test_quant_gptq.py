@@ -209,3 +209,86 @@ def test_gptq_validation_loss_not_worse_than_rtn_at_4_bits():
         rtn = evaluate(quantize_model(model, "int4", group=group, bits=4), ds, "val", 32, 4)
         gptq = evaluate(gptq_model(model, cal, "int4", 4, group)[0], ds, "val", 32, 4)
         assert gptq <= rtn, (group, gptq, rtn)
+
+
+# ------------------------------------------------ minigpt quantize --method / --smooth
+@pytest.fixture
+def ckpt(tmp_path):
+    """A float checkpoint (linears of 32 and 128 inputs) with its corpus beside it."""
+    from minigpt.checkpoint import save_checkpoint
+
+    rng = np.random.default_rng(0)
+    corpus = tmp_path / "code.txt"
+    corpus.write_text("".join(rng.choice(["def ", "return ", "x", " = ", "(", ")", ":\n", "    ", "1"], 3000)),
+                      encoding="utf-8")
+    tok = CharTokenizer.from_text(corpus.read_text(encoding="utf-8"))
+    model = trained_like_for(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=32))
+    model.tokenizer = tok
+    path = tmp_path / "m.npz"
+    save_checkpoint(path, model, step=7, train_config=TrainConfig(steps=7, batch_size=4, eval_batches=2),
+                    extra={"corpus": str(corpus)})
+    return path
+
+
+def trained_like_for(cfg):
+    model = GPT(cfg, seed=0)
+    rng = np.random.default_rng(0)
+    for name, p in model.params.items():
+        if p.ndim == 2:
+            model.params[name] = rng.normal(0, 1 / np.sqrt(p.shape[0]), p.shape).astype(p.dtype)
+    return model
+
+
+@pytest.mark.parametrize("flags, fmt, method, smooth", [
+    (["--method", "gptq", "--bits", "4", "--group-size", "16"], "int4", "gptq", None),
+    (["--method", "gptq", "--bits", "6", "--calib-batches", "2"], "int8", "gptq", None),
+    (["--method", "awq", "--bits", "3"], "int4", "awq", None),
+    (["--activations", "--smooth", "0.5"], "w8a8", "rtn", 0.5),
+    (["--activations", "--smooth", "0.8", "--method", "gptq", "--calib-batches", "1"], "w8a8", "gptq", 0.8)])
+def test_quantize_method_writes_a_checkpoint_that_samples(ckpt, tmp_path, capsys, flags, fmt, method, smooth):
+    from minigpt.cli import main
+
+    q = tmp_path / "q.npz"
+    assert main(["quantize", str(ckpt), "--out", str(q), "--max-batches", "2", "--tokens", "4", *flags]) == 0
+    captured = capsys.readouterr()
+    assert "val loss" in captured.out and f"wrote {q}" in captured.out
+    assert "calibration batches of 16" in captured.err
+    back = load_checkpoint(q)
+    assert set(quantized_layers(back.model.params).values()) == {fmt}
+    assert back.meta["quantization"]["method"] == method and back.meta["quantization"]["smooth"] == smooth
+    assert main(["sample", str(q), "--prompt", "def ", "--tokens", "3"]) == 0
+
+
+def test_gptq_from_the_cli_is_the_library_on_the_training_split(ckpt, tmp_path, capsys):
+    from minigpt.cli import main
+    from minigpt.data import Dataset, load_corpus
+
+    q = tmp_path / "q.npz"
+    assert main(["quantize", str(ckpt), "--out", str(q), "--max-batches", "1", "--tokens", "2",
+                 "--method", "gptq", "--bits", "4", "--group-size", "16", "--calib-batches", "3"]) == 0
+    c = load_checkpoint(ckpt)
+    ds = Dataset.from_text(load_corpus(c.meta["corpus"])[0], c.model.tokenizer, c.model.config.block_size)
+    want, _ = gptq_params(c.model, calibration_batches(ds, 3, 16), "int4", 4, 16)
+    got = load_checkpoint(q).model.params
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--method", "gptq", "--format", "q4_0"], "--method gptq writes"),
+    (["--method", "awq", "--activations"], "--method awq scales weight-only"),
+    (["--smooth", "0.5", "--bits", "4"], "needs --activations"),
+    (["--calib-batches", "4"], "--calib-batches is for"),
+    (["--method", "gptq", "--calib-batches", "0"], "--calib-batches must be positive, got 0"),
+    (["--activations", "--smooth", "1.5"], "from 0 to 1, got 1.5"),
+    (["--activations", "--smooth", "half"], "'half'"),
+    (["--method", "gptq", "--bits", "4", "--group-size", "48"], "group size 48 does not divide"),
+    (["--method", "sgd"], "invalid choice: 'sgd'")])
+def test_bad_method_options_get_one_line(ckpt, tmp_path, capsys, flags, fragment):
+    from minigpt.cli import main
+
+    code = main(["quantize", str(ckpt), "--out", str(tmp_path / "q.npz"), *flags])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("minigpt: error: ") and fragment in err[-1], err
+    assert "Traceback" not in "\n".join(err)
+    assert not (tmp_path / "q.npz").exists()

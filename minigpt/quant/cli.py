@@ -26,6 +26,18 @@ from .weights import BITS, bits_per_weight, dequantize_params, kind_for_bits, qu
 from .weights import quantize_params, weight_bytes
 
 DEFAULT_GROUP = 32
+METHODS = ("rtn", "gptq", "awq")
+DEFAULT_CALIB, CALIB_BATCH = 8, 16
+
+
+def _alpha(text):
+    try:
+        alpha = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got {text!r}") from None
+    if not 0.0 <= alpha <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, got {text}")
+    return alpha
 
 
 def _bits(text):
@@ -41,7 +53,8 @@ def _bits(text):
 def register(sub):
     p = sub.add_parser(
         "quantize", help="quantize a checkpoint's weights (int8 / int4 / W8A8 / Q8_0 / Q4_0)",
-        description="Quantize the linear layers of a float checkpoint (round to nearest), print validation "
+        description="Quantize the linear layers of a float checkpoint (round to nearest, or GPTQ / AWQ "
+                    "with --method), print validation "
                     "loss, weight bytes, bits per weight and generation tokens/s before and after, and write "
                     "the quantized checkpoint (sample and eval read it like any other). Weights of 5 to 8 bits "
                     "are stored as int8 with one scale per output channel, 2 to 4 bits as packed 4-bit values "
@@ -59,6 +72,15 @@ def register(sub):
                    help="llama.cpp's block formats instead: 32 weights a block with a float16 scale")
     p.add_argument("--keep-float", nargs="+", metavar="LAYER", default=[],
                    help="layers (or shell patterns, e.g. 'h.0.*') to leave in float (default: none)")
+    p.add_argument("--method", choices=METHODS, default="rtn",
+                   help="rtn: round to nearest; gptq: GPTQ's error-correcting updates from calibration inputs; "
+                        "awq: activation-aware scales (weight-only) before rounding (default: %(default)s)")
+    p.add_argument("--smooth", type=_alpha, metavar="ALPHA",
+                   help="with --activations: SmoothQuant first, s_j = max|X_j|^ALPHA / max|W_j|^(1-ALPHA) "
+                        "folded into the LayerNorms (0.5 is the paper's usual choice)")
+    p.add_argument("--calib-batches", type=int, metavar="N",
+                   help=f"gptq / awq / --smooth: calibration batches of {CALIB_BATCH} windows from the "
+                        f"training split (default: {DEFAULT_CALIB})")
     p.add_argument("--max-batches", type=int, default=50,
                    help="validation batches of 32 windows to measure the loss on, 0 for the whole split "
                         "(default: %(default)s)")
@@ -90,6 +112,23 @@ def scheme_from_args(args) -> dict:
     if group is not None and (group <= 0 or group % 2):
         raise MinigptError(f"--group-size must be a positive even number, got {group}")
     return {"kind": kind, "bits": bits, "group": group}
+
+
+def check_method_args(args, scheme):
+    """MinigptError for --method / --smooth / --calib-batches that clash with the scheme or each other."""
+    method = getattr(args, "method", "rtn")
+    smooth, calib = getattr(args, "smooth", None), getattr(args, "calib_batches", None)
+    if method != "rtn" and args.format:
+        raise MinigptError(f"--method {method} writes int8 / int2-4 / W8A8 weights; --format {args.format} "
+                           f"rounds to nearest in its own blocks")
+    if method == "awq" and scheme["kind"] == "w8a8":
+        raise MinigptError("--method awq scales weight-only quantization; drop --activations (or use --smooth)")
+    if smooth is not None and scheme["kind"] != "w8a8":
+        raise MinigptError(f"--smooth {smooth:g} eases activation quantization: it needs --activations (W8A8)")
+    if calib is not None and method == "rtn" and smooth is None:
+        raise MinigptError("--calib-batches is for --method gptq / awq and --smooth; round to nearest needs none")
+    if calib is not None and calib < 1:
+        raise MinigptError(f"--calib-batches must be positive, got {calib}")
 
 
 def describe(scheme: dict) -> str:
@@ -140,6 +179,7 @@ def cmd_quantize(args):
         if getattr(args, name) < (0 if name == "max_batches" else 1):
             raise MinigptError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     scheme = scheme_from_args(args)
+    check_method_args(args, scheme)
     _check_out(args.out, args.checkpoint)
     ckpt = load_checkpoint(args.checkpoint, backend=args.backend)
     model = ckpt.model
@@ -147,11 +187,10 @@ def cmd_quantize(args):
         raise MinigptError(f"{args.checkpoint} is quantized already; quantize the float checkpoint it came from")
     if model.tokenizer is None:
         raise MinigptError(f"{args.checkpoint} has no vocabulary, so its validation text cannot be encoded")
-    params = quantize_params(model.params, scheme["kind"], group=scheme["group"], bits=scheme["bits"],
-                             keep_float=tuple(args.keep_float))
-    qmodel = GPT(model.config, params=params, backend=model.backend, tokenizer=model.tokenizer)
     dataset, source = _corpus(ckpt, None)
-    print(f"minigpt: {args.checkpoint} -> {describe(scheme)}; "
+    params = _quantized_params(model, dataset, scheme, args)
+    qmodel = GPT(model.config, params=params, backend=model.backend, tokenizer=model.tokenizer)
+    print(f"minigpt: {args.checkpoint} -> {describe(scheme)}{_method_note(args)}; "
           f"{len(quantized_layers(params))} linear layers quantized, corpus {source}", file=sys.stderr)
     rows = []
     for label, m in (("float", model), ("quantized", qmodel)):
@@ -159,11 +198,43 @@ def cmd_quantize(args):
                      bits_per_weight(m.params), tokens_per_second(m, args.tokens)))
     print(_table(rows, describe(scheme), model.config.dtype, _unit(model.tokenizer)))
     meta = {k: v for k, v in ckpt.meta.items() if k in ("corpus", "history")}
-    meta["quantization"] = {**scheme, "method": "rtn", "source": str(args.checkpoint),
+    meta["quantization"] = {**scheme, "method": args.method, "smooth": args.smooth, "source": str(args.checkpoint),
                             "float_val_loss": rows[0][1], "val_loss": rows[1][1]}
     qmodel.save(args.out, step=ckpt.step, train_config=ckpt.train_config, extra=meta)
     print(f"wrote {args.out}")
     return 0
+
+
+def _quantized_params(model, dataset, scheme, args) -> dict:
+    """The quantized parameter dict of --method (after --smooth's exact rescaling, if asked)."""
+    from .rescale import calibration_batches
+
+    kind, bits, group, keep = scheme["kind"], scheme["bits"], scheme["group"], tuple(args.keep_float)
+    if args.method == "rtn" and args.smooth is None:
+        return quantize_params(model.params, kind, group=group, bits=bits, keep_float=keep)
+    cal = calibration_batches(dataset, args.calib_batches or DEFAULT_CALIB, CALIB_BATCH)
+    if args.smooth is not None:
+        from .smoothquant import smooth_model
+
+        model, _ = smooth_model(model, cal, args.smooth)
+    if args.method == "gptq":
+        from .gptq import gptq_params
+
+        return gptq_params(model, cal, kind, bits, group, keep_float=keep)[0]
+    if args.method == "awq":
+        from .awq import awq_model
+
+        return awq_model(model, cal, kind, bits, group, keep_float=keep)[0].params
+    return quantize_params(model.params, kind, group=group, bits=bits, keep_float=keep)
+
+
+def _method_note(args) -> str:
+    parts = [] if args.method == "rtn" else [f"method {args.method}"]
+    if args.smooth is not None:
+        parts.append(f"SmoothQuant alpha {args.smooth:g}")
+    if parts:
+        parts.append(f"{args.calib_batches or DEFAULT_CALIB} calibration batches of {CALIB_BATCH}")
+    return "".join(f", {p}" for p in parts)
 
 
 def _unit(tokenizer):
