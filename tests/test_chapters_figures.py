@@ -87,12 +87,13 @@ def test_book_figures_sends_the_chapters_to_figures(env, monkeypatch):
     assert seen[0]["MINIGPT_FIGURES_DIR"] == str(env / "cache" / "figures")
 
 
-def test_fast_tour_writes_outside_the_checkout(env, capsys):
+def test_fast_tour_writes_outside_the_checkout(env, capsys, tmp_path_factory):
     """A real fast tour of chapter 3 leaves figures/ as committed and says where its figures are."""
     before = _book_figures()
-    tour.run_tour(["03"], cache_dir=env / "cache", fast=True, progress=False)
+    cache = tmp_path_factory.getbasetemp() / "minigpt-cache"  # run_chapter's: the fast model is trained once
+    tour.run_tour(["03"], cache_dir=cache, fast=True, progress=False)
     out = capsys.readouterr().out
-    figs = env / "cache" / "figures-fast"
+    figs = cache / "figures-fast"
     assert f"figures are in {figs}" in out
     for name in ("03_block_ln", "03_block_gelu"):
         assert (figs / f"{name}.png").read_bytes()[:8] == PNG
