@@ -17,6 +17,11 @@ The pieces, each usable on its own:
                MSEObserver, calibrate(model, batches, make_observer)
     qat: fake_quant_forward / fake_quant_backward (the straight-through pair),
          qat_transform (a weight_transform for minigpt.train.train), qat_finetune
+    calibrated methods (calibration_batches(dataset, n) gives the token batches):
+        gptq_model(model, batches, "int4", bits, group)   GPTQ (minigpt.quant.gptq)
+        awq_model(model, batches, "int4", bits, group)    AWQ (minigpt.quant.awq)
+        smooth_model(model, batches, alpha)               SmoothQuant, then quantize_model(.., "w8a8")
+        activation_maxima(model, batches)                 per-channel max |X| of every linear input
 """
 from ..kernels.block_formats import bits_per_weight as bits_per_block_weight
 from ..kernels.block_formats import dequantize_blocks, quantize_blocks
@@ -28,7 +33,11 @@ from .observers import (
     PercentileObserver,
     calibrate,
 )
+from .awq import awq_model
+from .gptq import gptq_model
 from .qat import fake_quant_backward, fake_quant_forward, qat_finetune, qat_transform
+from .rescale import activation_maxima, calibration_batches
+from .smoothquant import smooth_model
 from .weights import (
     KINDS,
     QUANTIZED_SUFFIXES,
@@ -48,5 +57,5 @@ __all__ = [
     "KINDS", "QUANTIZED_SUFFIXES", "QTensor", "bits_per_block_weight", "bits_per_weight", "dequantize_blocks",
     "dequantize_params", "fake_quantize", "int_range", "is_quantized", "kind_for_bits", "quantize_blocks",
     "quantize_model", "quantize_params", "quantize_tensor", "quantized_layers", "scale_zero_point",
-    "weight_bytes",
+    "weight_bytes", "activation_maxima", "awq_model", "calibration_batches", "gptq_model", "smooth_model",
 ]
