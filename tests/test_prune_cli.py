@@ -128,6 +128,21 @@ def test_sparse_storage_writes_csr_that_loads_to_the_same_weights(setup, capsys)
     assert main(["sample", str(sparse_out), "--prompt", "def", "--tokens", "5", "--backend", "numpy"]) == 0
 
 
+def test_sensitivity_meets_its_budget_on_training_windows(setup, capsys):
+    from minigpt.train import evaluate
+
+    d, ckpt_path = setup
+    out = d / "sens.npz"
+    assert prune(setup, "--method", "sensitivity", "--max-loss-increase", "0.02", "--out", str(out)) == 0
+    assert "per matrix: h.0.attn.c_attn" in capsys.readouterr().out
+    dense, pruned = load_checkpoint(ckpt_path), load_checkpoint(out)
+    ds = Dataset.from_text(TEXT, dense.model.tokenizer, 16)
+    rise = evaluate(pruned.model, ds, "train", 32, 2) - evaluate(dense.model, ds, "train", 32, 2)
+    assert rise <= 0.02 + 1e-6  # measured on the windows it scanned (float32 sums: 1e-6)
+    shares = {k: 1 - m.mean() for k, m in pruned.masks.items()}
+    assert max(shares.values()) > 0 and len(set(np.round(list(shares.values()), 3))) > 1  # not uniform
+
+
 @pytest.mark.parametrize("args,message", [
     (["--method", "magnitude", "--sparsity", "1.0"], "--sparsity must be in [0, 1)"),
     (["--method", "magnitude", "--sparsity", "-0.1"], "--sparsity must be in [0, 1)"),
@@ -139,6 +154,10 @@ def test_sparse_storage_writes_csr_that_loads_to_the_same_weights(setup, capsys)
     (["--method", "heads", "--sparsity", "0.9"], "all 2 heads of layer"),
     (["--method", "wanda", "--sparsity", "0.5", "--embeddings"], "--embeddings works with"),
     (["--method", "neurons", "--sparsity", "0.5", "--sparse-storage"], "leaves none"),
+    (["--method", "sensitivity"], "needs --max-loss-increase"),
+    (["--method", "sensitivity", "--max-loss-increase", "-1"], "needs --max-loss-increase D > 0"),
+    (["--method", "sensitivity", "--sparsity", "0.5", "--max-loss-increase", "0.1"], "chooses each matrix's"),
+    (["--method", "magnitude", "--sparsity", "0.5", "--max-loss-increase", "0.1"], "is for --method sensitivity"),
     (["--method", "magnitude", "--sparsity", "0.5", "--finetune-steps", "-1"], "--finetune-steps must be"),
 ])
 def test_bad_requests_get_one_line_and_exit_2(setup, capsys, tmp_path, args, message):

@@ -9,10 +9,12 @@ smaller parameter dict.
 Masks are bool arrays with the keys and shapes of the weights they prune
 (True = alive). Unstructured: magnitude (per tensor, per output, global),
 random, Wanda, N:M, and gradual magnitude pruning with Zhu & Gupta's cubic
-schedule. Structured: heads and MLP neurons ranked by the gradient of a
+schedule; per-matrix sparsities from a sensitivity scan and a loss
+budget. Structured: heads and MLP neurons ranked by the gradient of a
 gate, removed for real (smaller matrices). One module per idea:
 masks.py (names, counting and tie rules), magnitude.py, schedule.py,
-wanda.py, nm.py, structured.py; cli.py is `minigpt prune`.
+wanda.py, nm.py, sensitivity.py, structured.py; sparse.py stores pruned
+matrices as CSR; cli.py is `minigpt prune`.
 """
 from .magnitude import full_masks, global_masks, magnitude_masks, prune_by_scores, random_masks
 from .masks import (
@@ -25,6 +27,7 @@ from .masks import (
 )
 from .nm import is_nm, nm_masks, parse_nm
 from .schedule import GradualPruning, cubic_sparsity
+from .sensitivity import allocate, masks_for, sensitivity_masks, sensitivity_scan, total_sparsity
 from .structured import (
     gate_heads,
     gate_neurons,
@@ -43,4 +46,5 @@ __all__ = [
     "nm_masks", "is_nm", "parse_nm",
     "head_importance", "neuron_importance", "lowest", "remove_heads", "remove_neurons",
     "gate_heads", "gate_neurons",
+    "sensitivity_scan", "allocate", "sensitivity_masks", "masks_for", "total_sparsity",
 ]

@@ -27,7 +27,7 @@ import numpy as np
 
 from .masks import PruneError, alive_by_kind, apply, check_fraction, prunable_names, sparsity
 
-METHODS = ("magnitude", "global", "random", "gradual", "wanda", "2:4", "heads", "neurons")
+METHODS = ("magnitude", "global", "random", "gradual", "wanda", "2:4", "heads", "neurons", "sensitivity")
 PLANNED_FINETUNE_STEPS = 200  # the saved run's length when --finetune-steps is 0 (train --resume --steps changes it)
 
 
@@ -37,10 +37,14 @@ def register(sub):
                        description=__doc__.split("\n\n")[0].replace("`", "") + " " + __doc__.split("\n\n")[1])
     p.add_argument("checkpoint", help="a .npz file written by minigpt train (or a pruned one: pruning adds to it)")
     p.add_argument("--method", required=True,
-                   help="magnitude | global | random | gradual | wanda | N:M (e.g. 2:4) | heads | neurons")
+                   help="magnitude | global | random | gradual | wanda | N:M (e.g. 2:4) | heads | neurons | "
+                        "sensitivity (each matrix's sparsity from a scan; needs --max-loss-increase)")
     p.add_argument("--sparsity", type=float,
                    help="fraction in [0, 1): of the prunable weights, or of the heads / neurons "
                         "(N:M fixes it at 1 - N/M; required otherwise)")
+    p.add_argument("--max-loss-increase", type=float, metavar="D",
+                   help="--method sensitivity: the largest rise of the loss (nats, on training windows) the "
+                        "pruned model may show before fine-tuning")
     p.add_argument("--finetune-steps", type=int, default=0,
                    help="AdamW steps of fine-tuning with the masks afterwards; gradual prunes during them "
                         "(default: %(default)s)")
@@ -80,6 +84,13 @@ def _check_args(args):
         n, m = parse_nm(method)
         if args.sparsity is not None and not math.isclose(args.sparsity, 1 - n / m):
             raise PruneError(f"{method} fixes the sparsity at {1 - n / m:g}; leave out --sparsity {args.sparsity}")
+    elif method == "sensitivity":
+        if args.sparsity is not None:
+            raise PruneError("--method sensitivity chooses each matrix's sparsity; give --max-loss-increase "
+                             "instead of --sparsity")
+        if args.max_loss_increase is None or not (args.max_loss_increase > 0 and math.isfinite(args.max_loss_increase)):
+            raise PruneError(f"--method sensitivity needs --max-loss-increase D > 0 (nats), "
+                             f"got {args.max_loss_increase}")
     elif args.sparsity is None:
         raise PruneError(f"--method {method} needs --sparsity (a fraction in [0, 1))")
     else:
@@ -97,6 +108,8 @@ def _check_args(args):
     if args.sparse_storage and method in ("heads", "neurons"):
         raise PruneError(f"--sparse-storage stores zeros compactly; --method {method} leaves none (its matrices "
                          f"shrink instead)")
+    if args.max_loss_increase is not None and method != "sensitivity":
+        raise PruneError(f"--max-loss-increase is for --method sensitivity, not {method}")
     if args.embeddings and method not in ("magnitude", "global", "random", "gradual"):
         raise PruneError(f"--embeddings works with magnitude, global, random and gradual, not {method}")
 
@@ -163,12 +176,37 @@ def prune_model(model, method, sparsity_, masks, dataset, args):
         new = magnitude_masks(P, sparsity_, names, masks, "global", of="all")
     elif method == "random":
         new = random_masks(P, sparsity_, names, masks, seed=args.seed, of="all")
+    elif method == "sensitivity":
+        return _sensitivity(model, masks, dataset, args)
     elif method == "wanda":
         x, _ = _calibration(dataset, args.calibration, args.seed)
         new = wanda_masks(model, x, sparsity_, masks, names, of="all")
     else:
         raise PruneError(f"unknown method {method!r}")
     return apply(P, new), new, f"{sparsity(new):.1%} of the pruned matrices are 0"
+
+
+def _sensitivity(model, masks, dataset, args):
+    """Scan each prunable matrix on its own, on training windows (the report's
+    validation windows stay unseen), then meet --max-loss-increase."""
+    from ..train import evaluate
+    from .sensitivity import SCAN_SPARSITIES, sensitivity_masks, sensitivity_scan, total_sparsity
+
+    if masks:
+        raise PruneError("--method sensitivity starts from a dense model; this checkpoint is already pruned")
+    probe = type(model)(model.config, params=dict(model.params), backend=model.backend)
+
+    def loss(params):
+        probe.params = params
+        return evaluate(probe, dataset, "train", 32, args.eval_batches)
+
+    dense = loss(model.params)
+    scan = sensitivity_scan(model.params, loss, SCAN_SPARSITIES)
+    new, per, rise = sensitivity_masks(model.params, loss, args.max_loss_increase, scan, SCAN_SPARSITIES, dense)
+    s = total_sparsity(model.params, per)
+    chosen = ", ".join(f"{n.replace('.weight', '')} {v:.0%}" for n, v in per.items())
+    return apply(model.params, new), new, (f"{s:.1%} of the pruned matrices are 0 (training-window loss "
+                                            f"{rise:+.4f}); per matrix: {chosen}")
 
 
 def cmd_prune(args):
