@@ -53,8 +53,10 @@ from minigpt.layers import (
     residual_forward,
     softmax,
 )
+from minigpt.layers.block import block_backward, block_forward
+from minigpt.layers.head_gate import head_gate_backward, head_gate_forward
+from minigpt.model import GPT, param_shapes
 from minigpt.ops import BACKENDS, kernel_pairs, op_table
-from minigpt.model import GPT
 from minigpt.pretrained import fast_mode
 from minigpt.tour import save_figure
 
@@ -267,7 +269,15 @@ OPS = {
     # a fresh generator with a fixed seed on each call: the same mask every time
     "dropout": (lambda x: dropout_forward(x, 0.3, np.random.default_rng(1)), dropout_backward,
                 [randn(B, T, C)], ["x"]),
+    "head gate": (head_gate_forward, head_gate_backward, [randn(B, T, C), randn(H)], ["y", "g"]),
 }
+# The whole transformer block is a pair too (minigpt.layers.block), built from
+# the ones above; its input gradient is checked here, its parameters' below
+# through the model.
+one_block = GPTConfig(vocab_size=Vv, block_size=T, n_layer=1, n_head=H, n_embd=C)
+block_p = {k[len("h.0."):]: randn(*s) for k, s in param_shapes(one_block).items() if k.startswith("h.0.")}
+OPS["block"] = (lambda x: block_forward(x, block_p, D), lambda d, c: block_backward(d, c)[0],
+                [randn(B, T, C)], ["x"])
 qkv_heads = [randn(B, H, T, D) for _ in range(3)]
 # every backend's attention, and every compiled kernel's backward (minigpt.ops)
 for backend in BACKENDS:

@@ -13,7 +13,8 @@ def test_chapter_04_backprop(run_chapter):
     assert g["max_op_error"] < 1e-7
     assert g["broken_error"] > 1e-2
     expected = {"linear: dW", "layernorm: dx", "gelu: dx", "softmax: dz", "attention [numpy]: dk",
-                "multihead attn: dqkv", "cross-entropy: dlogits", "embedding: dwte", "lm head: dwte"}
+                "multihead attn: dqkv", "cross-entropy: dlogits", "embedding: dwte", "lm head: dwte",
+                "head gate: dg", "block: dx"}
     assert expected <= set(g["op_errors"])
     # every backend's attention and every compiled kernel's backward is checked
     for backend in g["BACKENDS"]:
