@@ -28,8 +28,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError
+from ..kernels.int_matmul_ref import w8a8_matmul_ref
 from ..model import GPT
 from .rescale import activation_maxima, scale_input_channels
+from .weights import weight_arrays
 
 SMOOTHED = ("attn.c_attn", "mlp.c_fc")  # the layers a LayerNorm feeds
 
@@ -78,3 +80,18 @@ def smooth_model(model: GPT, batches, alpha=0.5, layers=None) -> tuple[GPT, dict
                                [f"h.{i}.{n}" for i in range(model.config.n_layer) for n in SMOOTHED])
     params, scales = smooth_params(model.params, maxima, alpha, names)
     return GPT(model.config, params=params, backend=model.backend, tokenizer=model.tokenizer), scales
+
+
+def w8a8_output_error(x, w, alpha=None) -> float:
+    """||Y_hat - X W||_F / ||X W||_F for inputs x (M, K) and a weight w (K, N): Y_hat is
+    the W8A8 product the model's "w8a8" format computes (int8 weights per output
+    channel, each row of x quantized to int8 on the fly), after SmoothQuant with
+    this alpha (scales from x's own channel maxima), or without it (alpha None)."""
+    x, w = np.asarray(x), np.asarray(w)
+    exact = x.astype(np.float64) @ w.astype(np.float64)  # (M, N)
+    if alpha is not None:
+        s = smoothing_scales(np.abs(x).max(axis=0), w, alpha)
+        x, w = (x / s).astype(x.dtype), (w * s[:, None]).astype(w.dtype)
+    arrays = weight_arrays(w, "w8a8")
+    y = w8a8_matmul_ref(x, arrays["w8a8"], arrays["scale"])  # (M, N)
+    return float(np.linalg.norm(y - exact) / np.linalg.norm(exact))
