@@ -3,7 +3,8 @@ import math
 
 import numpy as np
 
-FIGURES = ("07_quantization_grid", "07_quantization_error", "07_quantization_model", "07_quantization_speed")
+FIGURES = ("07_quantization_grid", "07_quantization_error", "07_quantization_model", "07_quantization_outliers",
+           "07_quantization_methods", "07_quantization_speed")
 
 
 def test_chapter_07_quantization(run_chapter):
@@ -34,6 +35,26 @@ def test_chapter_07_quantization(run_chapter):
 
     # The straight-through boundary.
     assert list(g["grad_demo"]) == [1, 1, 1, 0, 0]
+
+    # GPTQ: on the inputs each layer saw, its output error never above RTN's, for every scheme.
+    for label, r in g["gptq"].items():
+        assert np.isfinite(r["gptq"]) and np.isfinite(r["rtn"]), label
+        assert all(0 <= e["gptq"] <= e["rtn"] for e in r["layers"].values()), label
+    assert len(g["gptq"]["W3 groups of 32"]["layers"]) == 4 * g["model"].config.n_layer
+
+    # Outliers and SmoothQuant: every linear input's channel maxima, the smoothed float model is
+    # the same model, and smoothing cuts the W8A8 error of the layer with outlier channels.
+    assert set(g["maxima"]) == set(g["gptq"]["W3 groups of 32"]["layers"])
+    assert all(m.min() >= 0 and m.max() > 0 for m in g["maxima"].values())
+    assert abs(g["smooth_float_loss"] - g["float_loss"]) < 1e-4
+    none, a25, a50, a75 = g["outlier_error"]["two outlier channels"]
+    assert a50 < none / 2 and all(np.isfinite(v) for v in g["smooth_loss"].values())
+
+    # AWQ: alpha on the grid, each scaled layer's calibration error at most RTN's (alpha = 0 is a candidate).
+    for label, r in g["awq"].items():
+        assert np.isfinite(r["loss"]), label
+        assert len(r["report"]) == 3 * g["model"].config.n_layer  # mlp.c_proj is not scaled
+        assert all(0 <= rep["alpha"] <= 1 and rep["awq"] <= rep["rtn"] for rep in r["report"].values()), label
 
     # Samples start with the prompt; speed is measured and printed (never asserted).
     assert all(s.startswith(g["PROMPT"]) for s in g["samples"].values())
