@@ -1,7 +1,8 @@
 """Chapter 6 (pruning) runs end to end in fast mode and its checks hold."""
 import numpy as np
 
-FIGURES = ("06_pruning_weights", "06_pruning_sweep", "06_pruning_heads", "06_pruning_speed")
+FIGURES = ("06_pruning_weights", "06_pruning_sweep", "06_pruning_sensitivity", "06_pruning_heads",
+           "06_pruning_speed")
 
 
 def test_chapter_06_pruning(run_chapter):
@@ -19,6 +20,12 @@ def test_chapter_06_pruning(run_chapter):
     assert set(g["finetuned"]) == {"random", "magnitude", "global", "Wanda", "gradual"}
     assert set(g["nm_oneshot"]) == {"3:4", "2:4", "1:4", "1:8"}
     assert "sparsity at +0.05 nats" in out
+
+    # sensitivity: the budget holds on the training windows it was measured on, and
+    # the three methods compared prune the same total
+    assert g["sens_rise"] <= g["BUDGET"]
+    totals = {k: sum(int((~m).sum()) for m in v.values()) for k, v in g["same_total"].items()}
+    assert max(totals.values()) - min(totals.values()) <= len(g["sens_per"])  # rounding per matrix at most
 
     # heads: the gate gradient agrees with finite differences, and gating all heads
     # of all layers off gives one loss whatever the order
