@@ -58,7 +58,8 @@ def register(sub):
     p.add_argument("--eval-batches", type=int, default=40,
                    help="validation batches of 32 windows, spread over the split (default: %(default)s)")
     p.add_argument("--bench-tokens", type=int, default=100,
-                   help="tokens generated (greedy, KV cache) to time generation (default: %(default)s)")
+                   help="tokens generated (greedy, KV cache) to time generation: the median of 5 rounds, "
+                        "before and after timed in turn (default: %(default)s)")
     p.add_argument("--sparse-storage", action="store_true",
                    help="store every pruned matrix that CSR makes smaller as CSR arrays (minigpt.prune.sparse); "
                         "the forward then runs the sparse kernel. Such matrices are frozen, so the output is "
@@ -114,16 +115,20 @@ def _check_args(args):
         raise PruneError(f"--embeddings works with magnitude, global, random and gradual, not {method}")
 
 
-def generation_speed(model, tokens, repeats=3) -> float:
-    """Tokens per second of greedy generation with the KV cache, best of repeats."""
+def generation_speeds(models, tokens, rounds=5) -> list[float]:
+    """Tokens per second of greedy generation with the KV cache for each
+    model: the median of `rounds` rounds that time every model once in turn,
+    so a burst of load from other programs falls on all of them alike."""
     prompt = np.zeros(1, dtype=np.int64)
-    model.generate(prompt, 2, temperature=0.0)  # compiles or loads the kernels outside the clock
-    best = math.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        model.generate(prompt, tokens, temperature=0.0)
-        best = min(best, time.perf_counter() - t0)
-    return tokens / best
+    for m in models:
+        m.generate(prompt, 2, temperature=0.0)  # compiles or loads the kernels outside the clock
+    times = [[] for _ in models]
+    for _ in range(rounds):
+        for m, t in zip(models, times):
+            t0 = time.perf_counter()
+            m.generate(prompt, tokens, temperature=0.0)
+            t.append(time.perf_counter() - t0)
+    return [tokens / float(np.median(t)) for t in times]
 
 
 def _calibration(dataset, n, seed):
@@ -159,7 +164,7 @@ def prune_model(model, method, sparsity_, masks, dataset, args):
         score = head_importance if method == "heads" else neuron_importance
         chosen = lowest(score(model, calib), sparsity_)
         remove = remove_heads if method == "heads" else remove_neurons
-        params = remove(P, cfg, chosen)
+        params = {k: v.copy() for k, v in remove(P, cfg, chosen).items()}  # fine-tuning must not touch P
         GPT(cfg, params=params)  # checks the shapes
         n = sum(len(v) for v in chosen.values())
         return params, (remove(masks, cfg, chosen) if masks else masks), f"removed {n} {method}"
@@ -236,12 +241,11 @@ def cmd_prune(args):
         s = args.sparsity
     before = {"loss": evaluate(model, dataset, "val", 32, args.eval_batches),
               "alive": alive_by_kind(model.params, ckpt.masks),
-              "bytes": Path(args.checkpoint).stat().st_size, "params": param_bytes(model.params, ckpt.masks),
-              "tok/s": generation_speed(model, args.bench_tokens)}
+              "bytes": Path(args.checkpoint).stat().st_size, "params": param_bytes(model.params, ckpt.masks)}
     t0 = time.perf_counter()
     masks = ckpt.masks
     if method == "gradual":
-        params, masks, what = model.params, masks, "gradual"
+        params, masks, what = {k: v.copy() for k, v in model.params.items()}, masks, "gradual"
     else:
         params, masks, what = prune_model(model, method, s, masks, dataset, args)
     pruned = GPT(model.config, params=params, backend=args.backend, tokenizer=model.tokenizer)
@@ -274,8 +278,8 @@ def cmd_prune(args):
         what += "; " + _sparse_note(pruned)
     seconds = time.perf_counter() - t0
     after = {"loss": evaluate(pruned, dataset, "val", 32, args.eval_batches), "alive": alive,
-             "bytes": Path(args.out).stat().st_size, "params": param_bytes(pruned.params, masks),
-             "tok/s": generation_speed(pruned, args.bench_tokens)}
+             "bytes": Path(args.out).stat().st_size, "params": param_bytes(pruned.params, masks)}
+    before["tok/s"], after["tok/s"] = generation_speeds([model, pruned], args.bench_tokens)
     _report(args, what, before, oneshot, after, seconds)
     return 0
 
