@@ -1,0 +1,13 @@
+"""Knowledge distillation: a smaller student trained on a teacher's soft targets.
+
+    from minigpt.distill import distill_forward, distill_backward
+    loss, cache = distill_forward(student_logits, teacher_logits, y, temperature=2.0, alpha=0.5)
+    dlogits = distill_backward(1.0, cache)          # for student.backward(dlogits)
+
+One module per idea: loss.py (the T^2-scaled KL + cross-entropy pair),
+errors.py (DistillError).
+"""
+from .errors import DistillError
+from .loss import check_distill_args, distill_backward, distill_forward, soft_targets
+
+__all__ = ["DistillError", "check_distill_args", "distill_forward", "distill_backward", "soft_targets"]
