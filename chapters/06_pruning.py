@@ -719,6 +719,7 @@ for rows, marker in ((1, "o-"), (512, "s-")):
             label=f"{rows} row{'s' if rows > 1 else ''}: faster from {crossing[rows]}")
 ax.axhline(1.0, color="k", lw=0.8, ls=":")
 ax.set_yscale("log")
+ax.set_yticks([0.125, 0.25, 0.5, 1, 2, 4, 8])
 ax.yaxis.set_major_formatter(FormatStrFormatter("%gx"))
 ax.yaxis.set_minor_formatter(NullFormatter())
 ax.set_xlabel("sparsity of W")
