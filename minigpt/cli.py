@@ -129,6 +129,7 @@ def build_parser():
     __import__("minigpt.quant.cli").quant.cli.register(sub)  # minigpt quantize
     __import__("minigpt.bench").bench.register(sub)  # minigpt bench (imported here: numba loads lazily)
     __import__("minigpt.prune.cli").prune.cli.register(sub)  # minigpt prune
+    __import__("minigpt.distill.cli").distill.cli.register(sub)  # minigpt distill
     return parser
 
 
