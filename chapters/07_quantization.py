@@ -44,6 +44,7 @@ import os
 import time
 
 import matplotlib.pyplot as plt
+import numba
 import numpy as np
 
 from minigpt.bench import cpu_model, time_call
@@ -542,13 +543,16 @@ losses = [results[k][0] for k in order]
 ax.barh(range(len(order)), losses, color=colors)
 for i, k in enumerate(order):
     loss, bpw, nbytes = results[k]
-    ax.text(loss, i, f" {loss:.3f}", va="center", fontsize=7)
+    ax.text(loss, i, f" {loss:.4f}", va="center", fontsize=7)
 ax.set_yticks(range(len(order)), [f"{k} ({results[k][1]:.1f} b/w, {results[k][2] / 1024:.0f} KiB)"
                                   for k in order], fontsize=7)
 ax.invert_yaxis()
 lo = min(losses)
 ax.set_xlim(lo - 0.1, max(losses) + 0.25)
-ax.axvline(float_loss, color="gray", ls=":", lw=1)
+ax.axvline(float_loss, color="gray", ls=":", lw=1, label=f"float32: {float_loss:.4f}")
+ax.axvline(control_loss, color="C2", ls="--", lw=1,
+           label=f"float32 trained {QAT_STEPS} more steps (QAT's control): {control_loss:.4f}")
+ax.legend(fontsize=7, loc="lower right")
 ax.set_xlabel("validation loss (nats per character), lower is better")
 ax.set_title("The tiny model quantized: round to nearest (blue) and QAT (green)\n"
              "(b/w = bits per weight of the block linears, scales included; KiB = all parameters)", fontsize=9)
@@ -798,6 +802,8 @@ save_figure(fig, "07_quantization_methods")
 # %%
 CPU = cpu_model()
 LOAD = os.getloadavg()[0]  # other work on the machine makes the timings noisier
+THREADS = (f"{numba.get_num_threads()} numba threads, BLAS threads "
+           f"{os.environ.get('OPENBLAS_NUM_THREADS') or os.environ.get('OMP_NUM_THREADS') or 'default'}")
 Kd, N = (256, 1024) if FAST else (768, 3072)
 BATCH = 64 if FAST else 512
 REPEATS = 3 if FAST else 15
@@ -816,8 +822,8 @@ for M in (BATCH, 1):
         speed[M, name] = (sec, times["float32 (BLAS)"] / sec)
 weight_bytes_per = {"float32 (BLAS)": 4.0, "int8 weights": 1 + 4 / Kd, "int4 weights": 0.5 + 4 / 32,
                     "W8A8": 1 + 4 / Kd}
-print(f"CPU: {CPU}, load average {LOAD:.1f} when measured; x ({BATCH} or 1, {Kd}) @ W ({Kd}, {N}), "
-      f"median of repeated calls")
+print(f"CPU: {CPU}, {THREADS}, load average {LOAD:.1f} when measured")
+print(f"x ({BATCH} or 1, {Kd}) @ W ({Kd}, {N}), median of repeated calls")
 print(f"{'':16}{'weight bytes':>13}  {'batch of ' + str(BATCH):>26}  {'one row (decoding)':>26}")
 print(f"{'':16}{'per weight':>13}  {'ms':>8}{'vs float32':>11}{'B/MAC':>7}  {'ms':>8}{'vs float32':>11}{'B/MAC':>7}")
 for name, per in weight_bytes_per.items():
@@ -830,14 +836,21 @@ fig, ax = plt.subplots(figsize=(6.4, 3.8))
 names = list(weight_bytes_per)[1:]
 xpos = np.arange(len(names))
 for k, (M, label) in enumerate([(BATCH, f"batch of {BATCH} rows"), (1, "one row (decoding)")]):
-    ratios = [speed[M, n][1] for n in names]
-    ax.bar(xpos + (k - 0.5) * 0.38, ratios, width=0.38, label=label, color=f"C{k}")
+    ratios = np.array([speed[M, n][1] for n in names])
+    # bars from 1x: up is faster than float32, down is slower (log scale: 2x and 0.5x look alike)
+    ax.bar(xpos + (k - 0.5) * 0.38, ratios - 1, bottom=1, width=0.38, label=label, color=f"C{k}")
     for xp, r in zip(xpos, ratios):
-        ax.text(xp + (k - 0.5) * 0.38, r, f"{r:.2f}x", ha="center", va="bottom", fontsize=8)
-ax.axhline(1.0, color="gray", lw=1, ls=":")
+        ax.text(xp + (k - 0.5) * 0.38, r, f"{r:.2f}x", ha="center", va="bottom" if r >= 1 else "top", fontsize=8)
+ax.axhline(1.0, color="gray", lw=1)
+ax.set_yscale("log")
+ticks = [t for t in (0.1, 0.25, 0.5, 1, 2, 4, 10, 25, 100)
+         if min(r for _, r in speed.values()) / 1.5 <= t <= max(r for _, r in speed.values()) * 1.5]
+ax.set_yticks(ticks, [f"{t:g}x" for t in ticks])
+ax.minorticks_off()
 ax.set_xticks(xpos, names)
-ax.set_ylabel("speed-up over float32 BLAS\n(higher is better)")
-ax.set_title(f"x @ W, W {Kd} x {N}, measured side by side\n{CPU}", fontsize=9)
+ax.set_ylabel("speed over float32 BLAS\n(log scale, higher is better)")
+ax.set_title(f"x @ W, W {Kd} x {N}, measured side by side\n{CPU}\n{THREADS}, load {LOAD:.1f}",
+             fontsize=8)
 ax.legend(fontsize=8)
 save_figure(fig, "07_quantization_speed")
 
