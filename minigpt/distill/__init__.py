@@ -6,7 +6,8 @@
 
 One module per idea: loss.py (the T^2-scaled KL + cross-entropy pair),
 student.py (a student config and its initialisation from the teacher),
-train.py (the loss as minigpt.train.train's loss_fn), errors.py (DistillError).
+train.py (the loss as minigpt.train.train's loss_fn), hidden.py (cosine and
+projected-MSE hidden-state losses), errors.py (DistillError).
 """
 from .errors import DistillError
 from .loss import check_distill_args, distill_backward, distill_forward, soft_targets
