@@ -83,3 +83,26 @@ def test_bad_settings_are_user_errors():
     other = GPT(teacher.config.replace(vocab_size=teacher.config.vocab_size + 1), backend="numpy")
     with pytest.raises(DistillError, match="vocabulary"):
         distill(other, teacher, ds, TrainConfig(steps=1))
+
+
+def test_teacher_logits_cache_reuses_repeated_batches_and_changes_nothing():
+    """Two runs with the same seed see the same batches: the second takes
+    every teacher output from the cache, and trains to the same weights."""
+    from minigpt.distill.train import TeacherLogits
+
+    teacher, ds = tiny_teacher()
+    tcfg = TrainConfig(steps=4, batch_size=4, warmup_steps=1, eval_every=4, eval_batches=1)
+    cache = TeacherLogits(teacher)
+    a, _ = make_student(teacher, n_layer=1, init="random", seed=4)
+    distill(a, teacher, ds, tcfg, cache=cache, progress=False)
+    assert (cache.hits, cache.misses) == (0, 4)
+    b, _ = make_student(teacher, n_layer=1, init="random", seed=4)
+    distill(b, teacher, ds, tcfg, cache=cache, progress=False)
+    assert (cache.hits, cache.misses) == (4, 4)
+    c, _ = make_student(teacher, n_layer=1, init="random", seed=4)
+    distill(c, teacher, ds, tcfg, progress=False)  # no cache: the teacher runs every step
+    for k in a.params:
+        np.testing.assert_array_equal(a.params[k], b.params[k])
+        np.testing.assert_array_equal(a.params[k], c.params[k])
+    with pytest.raises(ValueError, match="another teacher"):
+        distill_loss_fn(teacher, cache=TeacherLogits(c))

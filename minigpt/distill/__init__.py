@@ -12,8 +12,8 @@ projected-MSE hidden-state losses), errors.py (DistillError).
 from .errors import DistillError
 from .loss import check_distill_args, distill_backward, distill_forward, soft_targets
 from .student import init_student, layer_map, make_student, student_config
-from .train import distill, distill_loss_fn
+from .train import TeacherLogits, distill, distill_loss_fn
 
 __all__ = ["DistillError", "check_distill_args", "distill_forward", "distill_backward", "soft_targets",
            "student_config", "layer_map", "init_student", "make_student",
-           "distill", "distill_loss_fn"]
+           "distill", "distill_loss_fn", "TeacherLogits"]

@@ -10,26 +10,68 @@ resume) is the loop every other kind of training uses. One step:
     student.backward(dlogits)              # done by the loop
 
 The teacher runs once per step, and its logits serve both the loss and the
-gradient (one forward, never one per term). Validation reports the
+gradient (one forward, never one per term). When the batches repeat (runs
+with the same seed see the same batches: a sweep over T or alpha, or a
+resumed run) a TeacherLogits cache hands back the logits of a batch seen
+before instead of running the teacher again. Validation reports the
 student's plain cross-entropy, as for every method.
 """
 from __future__ import annotations
+
+import numpy as np
 
 from ..model import GPT
 from ..train import train
 from .loss import check_distill_args, distill_backward, distill_forward
 
 
-def distill_loss_fn(teacher: GPT, temperature=2.0, alpha=0.5, reverse=False):
-    """loss_fn(model, x, y) -> (loss, dlogits) for minigpt.train.train."""
+class TeacherLogits:
+    """The teacher's logits for a batch: computed by an inference forward (no
+    dropout, no caches), or looked up when the same token ids came before.
+
+    max_batches bounds the memory (B T V floats a batch); past it, batches
+    are computed but no longer stored. hits / misses count the lookups.
+    """
+
+    def __init__(self, teacher: GPT, max_batches=1000):
+        self.teacher, self.max_batches = teacher, max_batches
+        self.store, self.hits, self.misses = {}, 0, 0
+
+    def __call__(self, x):
+        x = np.ascontiguousarray(x)
+        key = (x.shape, x.tobytes())
+        logits = self.store.get(key)
+        if logits is not None:
+            self.hits += 1
+            return logits
+        self.misses += 1
+        logits = teacher_logits(self.teacher, x)
+        if len(self.store) < self.max_batches:
+            self.store[key] = logits
+        return logits
+
+
+def teacher_logits(teacher: GPT, x):
+    """(B, T, V) logits of an inference forward: no dropout, nothing kept."""
+    training, teacher.training = teacher.training, False
+    try:
+        logits, _ = teacher.forward(x)
+    finally:
+        teacher.training = training
+    return logits
+
+
+def distill_loss_fn(teacher: GPT, temperature=2.0, alpha=0.5, reverse=False, cache: TeacherLogits | None = None):
+    """loss_fn(model, x, y) -> (loss, dlogits) for minigpt.train.train.
+    cache: a TeacherLogits to reuse the teacher's logits of repeated batches
+    (it must wrap this teacher)."""
     check_distill_args(temperature, alpha)
+    if cache is not None and cache.teacher is not teacher:
+        raise ValueError("the TeacherLogits cache wraps another teacher")
+    lookup = cache if cache is not None else (lambda x: teacher_logits(teacher, x))
 
     def loss_fn(model, x, y):
-        training, teacher.training = teacher.training, False  # the teacher is fixed: no dropout
-        try:
-            t_logits, _ = teacher.forward(x)  # (B, T, V), keeps nothing
-        finally:
-            teacher.training = training
+        t_logits = lookup(x)  # (B, T, V), the teacher forward only
         s_logits, _ = model.forward(x, keep_cache=True)  # (B, T, V)
         loss, cache = distill_forward(s_logits, t_logits, y, temperature, alpha, reverse)
         return loss, distill_backward(1.0, cache)
@@ -37,14 +79,16 @@ def distill_loss_fn(teacher: GPT, temperature=2.0, alpha=0.5, reverse=False):
     return loss_fn
 
 
-def distill(student: GPT, teacher: GPT, dataset, tcfg, temperature=2.0, alpha=0.5, reverse=False, **kwargs):
+def distill(student: GPT, teacher: GPT, dataset, tcfg, temperature=2.0, alpha=0.5, reverse=False, cache=None,
+            **kwargs):
     """Train student in place on teacher's soft targets for tcfg.steps steps
-    (kwargs go to minigpt.train.train: out, progress, log, resume, ...).
+    (kwargs go to minigpt.train.train: out, progress, log, resume, ...;
+    cache: a TeacherLogits shared by runs that repeat batches).
     Returns train()'s TrainResult."""
     if student.config.vocab_size != teacher.config.vocab_size:
         from .errors import DistillError
 
         raise DistillError(f"the student's vocabulary ({student.config.vocab_size}) differs from the "
                            f"teacher's ({teacher.config.vocab_size})")
-    loss_fn = distill_loss_fn(teacher, temperature, alpha, reverse)
+    loss_fn = distill_loss_fn(teacher, temperature, alpha, reverse, cache)
     return train(student, dataset, tcfg, loss_fn=loss_fn, **kwargs)
