@@ -136,6 +136,16 @@ def test_kernel_equals_dense_product_and_reference(shape, sparsity, dtype, threa
         assert not got[:, N // 2].any()  # the empty output
 
 
+@pytest.mark.parametrize("shape", [(0, 5, 3), (3, 0, 4), (TILE_M + 6, 0, 4), (2, 4, 0), (TILE_M + 36, 4, 0)])
+def test_kernel_on_empty_sizes(shape):
+    # no rows, no inputs (every output is its bias alone: 0 here), no outputs; both paths
+    M, K, N = shape
+    s = csr_from_dense(np.ones((K, N), dtype=np.float32))
+    x = np.ones((M, K), dtype=np.float32)
+    got = sparse_matmul(x, s["values"], s["indices"], s["indptr"])
+    assert got.shape == (M, N) and np.array_equal(got, x @ np.ones((K, N), dtype=np.float32))
+
+
 def test_kernel_takes_any_layout_of_x():
     rng = np.random.default_rng(1)
     w = _sparse_weight(rng, 12, 9, 0.5, np.float32)
