@@ -802,7 +802,7 @@ save_figure(fig, "07_quantization_methods")
 # %%
 CPU = cpu_model()
 LOAD = os.getloadavg()[0]  # other work on the machine makes the timings noisier
-THREADS = (f"{numba.get_num_threads()} numba threads, BLAS threads "
+THREADS = (f"numba threads {numba.get_num_threads()}, BLAS threads "
            f"{os.environ.get('OPENBLAS_NUM_THREADS') or os.environ.get('OMP_NUM_THREADS') or 'default'}")
 Kd, N = (256, 1024) if FAST else (768, 3072)
 BATCH = 64 if FAST else 512
