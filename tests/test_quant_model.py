@@ -155,3 +155,22 @@ def test_float_parts_of_a_w8a8_model_get_gradients():
     grads = q.backward()
     assert set(grads) == {k for k in q.params if not k.endswith((".w8a8", ".scale"))}
     assert all(np.all(np.isfinite(g)) for g in grads.values())
+
+
+@pytest.mark.parametrize("vnni", [True, False])
+@pytest.mark.parametrize("M, K, N", [(1, 1000, 5), (7, 64, 33), (3, 777, 4)])
+def test_int32_accumulation_equals_numpys_int64_product(M, K, N, vnni, monkeypatch):
+    from minigpt.kernels import int_matmul
+    from minigpt.kernels.vnni import HAS_VNNI
+
+    if vnni and not HAS_VNNI:
+        pytest.skip("this CPU has no AVX-512 VNNI")
+    monkeypatch.setattr(int_matmul, "USE_VNNI", vnni)
+    rng = np.random.default_rng(K)
+    a = rng.integers(-128, 128, (M, K)).astype(np.int8)
+    w = rng.integers(-128, 128, (N, K)).astype(np.int8)
+    a[0], w[0] = -128, -128  # the largest product, K times: 128 * 128 * 1000 < 2^31
+    exact = a.astype(np.int64) @ w.astype(np.int64).T  # no overflow possible in int64
+    got = int_matmul.int8_matmul_int32(a, w)
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got.astype(np.int64), exact)
