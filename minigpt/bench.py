@@ -585,7 +585,8 @@ def _section_table(rows):
 def format_table(info, rows):
     """The header line (CPU, threads, versions), then one table per section."""
     torch = info["torch"]
-    head = (f"minigpt bench on {info['cpu']}, {info['cores']} cores; {info['threads']} threads for "
+    threads = f"{info['threads']} thread{'s' if info['threads'] != 1 else ''}"
+    head = (f"minigpt bench on {info['cpu']}, {info['cores']} cores; {threads} for "
             f"numba{' and torch' if torch else ''}, BLAS threads {info['blas_threads']}; numpy {info['numpy']}, "
             f"numba {info['numba']}, torch {torch or 'not installed'}; median of repeats, warm-up excluded"
             + ("; --quick" if info.get("quick") else ""))
