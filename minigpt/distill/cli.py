@@ -106,7 +106,8 @@ def cmd_distill(args):
     meta = {"corpus": source, "distilled": {"teacher": str(args.teacher), "init": args.init,
                                             "temperature": args.temperature, "alpha": args.alpha,
                                             "reverse_kl": args.reverse_kl, "steps": args.steps}}
-    print(f"minigpt: distilling into {args.n_layer} layers x {args.n_embd} wide x {args.n_head} heads "
+    print(f"minigpt: distilling into {args.n_layer} block{'s' * (args.n_layer != 1)} x {args.n_embd} wide x "
+          f"{args.n_head} head{'s' * (args.n_head != 1)} "
           f"(init {args.init}: {summarize(report)}), T {args.temperature:g}, alpha {args.alpha:g}, "
           f"{args.steps} steps at lr {tcfg.lr:g}", file=sys.stderr)
     t0 = time.perf_counter()
