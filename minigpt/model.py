@@ -308,11 +308,20 @@ class GPT:
         dlogits None: of that forward's mean cross-entropy loss. Otherwise
         dlogits (B, T, V) is the upstream gradient dL/dlogits of any loss L
         computed from the logits (a distillation loss, say), and the result
-        is dL/dparams.
+        is dL/dparams. A dict {"logits": (B, T, V), "h.{i}": (B, T, C), ...}
+        adds upstream gradients w.r.t. block outputs (activations()'s "h.{i}",
+        e.g. hidden-state matching) where the backward passes them.
         """
         if self._caches is None:
             raise RuntimeError("backward() needs a forward(idx, targets) (or keep_cache=True) first")
         c, cfg = self._caches, self.config
+        hidden = {}
+        if isinstance(dlogits, dict):
+            hidden = dict(dlogits)
+            dlogits = hidden.pop("logits")
+            if set(hidden) - {f"h.{i}" for i in range(cfg.n_layer)}:
+                raise ValueError(f"backward() takes gradients of 'logits' and 'h.0'..'h.{cfg.n_layer - 1}', "
+                                 f"not {sorted(set(hidden) - {f'h.{i}' for i in range(cfg.n_layer)})}")
         if dlogits is None:
             if "loss" not in c:
                 raise RuntimeError("backward() without dlogits needs a forward with targets")
@@ -324,6 +333,8 @@ class GPT:
         dx, g["wte.weight"] = lm_head_backward(dlogits, c["lm_head"])
         dx, g["ln_f.weight"], g["ln_f.bias"] = self._ops["layernorm"][1](dx, c["ln_f"])
         for i in reversed(range(cfg.n_layer)):
+            if f"h.{i}" in hidden:  # dx is dL/d(block i's output) here
+                dx = dx + hidden[f"h.{i}"]
             dx, block_grads = block_backward(dx, c[f"h.{i}"])  # (B, T, C)
             g.update({f"h.{i}.{k}": v for k, v in block_grads.items()})
         dx = dropout_backward(dx, c["emb.drop"])

@@ -73,3 +73,79 @@ def init_projection(c_student, c_teacher, seed=0):
     rng = np.random.default_rng(seed)
     W = np.eye(c_student, c_teacher) + rng.normal(0.0, 0.02, (c_student, c_teacher))
     return W
+
+
+def default_pairs(teacher_layers: int, student_layers: int) -> dict[int, int]:
+    """{student block: teacher block} whose outputs are matched: student block
+    i stands for teacher blocks floor(i L_t / L_s) .. floor((i+1) L_t / L_s) - 1
+    (the blocks a teacher initialisation skips), so it matches the last of them."""
+    return {i: (i + 1) * teacher_layers // student_layers - 1 for i in range(student_layers)}
+
+
+def parse_pairs(spec: str, student_layers: int, teacher_layers: int) -> dict[int, int]:
+    """"all" (default_pairs) or "S:T,S:T" -> {student block: teacher block}."""
+    if spec == "all":
+        return default_pairs(teacher_layers, student_layers)
+    pairs = {}
+    for item in spec.split(","):
+        try:
+            s, t = (int(v) for v in item.split(":"))
+        except ValueError:
+            raise DistillError(f"--hidden wants 'all' or student:teacher block pairs such as 0:1,1:3; "
+                               f"got {spec!r}") from None
+        if not (0 <= s < student_layers and 0 <= t < teacher_layers):
+            raise DistillError(f"--hidden pair {item}: the student has blocks 0..{student_layers - 1}, "
+                               f"the teacher 0..{teacher_layers - 1}")
+        pairs[s] = t
+    return pairs
+
+
+class HiddenMatch:
+    """The hidden-state term of a distillation loss and its projections.
+
+    L_hidden = weight * sum over pairs (i, j) of the loss between student
+    block i's output and teacher block j's: cosine when the widths are equal
+    (kind "auto"), else MSE through a projection W_i (C_s, C_t). The
+    projections are trained alongside the student: loss() stores their
+    gradients, update(lr) takes an AdamW step on them (no weight decay);
+    minigpt.distill.distill calls it after each of the loop's steps at the
+    loop's learning rate. They belong to the loss, not to the student, so no
+    checkpoint holds them (a resumed run starts them afresh).
+    """
+
+    def __init__(self, pairs: dict, c_student: int, c_teacher: int, weight=1.0, kind="auto", seed=0):
+        from ..optim import AdamW
+
+        if kind == "auto":
+            kind = "cosine" if c_student == c_teacher else "mse"
+        if kind not in ("cosine", "mse"):
+            raise DistillError(f"unknown hidden-state loss {kind!r}; choose cosine or mse")
+        if kind == "cosine" and c_student != c_teacher:
+            raise DistillError(f"cosine matching needs equal widths, got {c_student} and {c_teacher} (use mse)")
+        if not (weight >= 0 and np.isfinite(weight)):
+            raise DistillError(f"the hidden-state weight must be >= 0, got {weight}")
+        self.pairs, self.kind, self.weight = dict(pairs), kind, float(weight)
+        self.W = ({f"proj.{i}": init_projection(c_student, c_teacher, seed + i) for i in self.pairs}
+                  if kind == "mse" else {})
+        self.grads = {}
+        self._opt = AdamW(self.W, weight_decay=0.0) if self.W else None
+
+    def loss(self, student_acts: dict, teacher_acts: dict):
+        """(loss, {"h.{i}": dL/d(student block i's output)}); stores dL/dW."""
+        total, dh = 0.0, {}
+        for i, j in self.pairs.items():
+            a, b = student_acts[f"h.{i}"], teacher_acts[f"h.{j}"]
+            if self.kind == "cosine":
+                value, cache = cosine_forward(a, b)
+                da = cosine_backward(self.weight, cache)
+            else:
+                value, cache = projected_mse_forward(a, b, self.W[f"proj.{i}"])
+                da, self.grads[f"proj.{i}"] = projected_mse_backward(self.weight, cache)
+            total += self.weight * value
+            dh[f"h.{i}"] = da.astype(a.dtype, copy=False)
+        return total, dh
+
+    def update(self, lr: float):
+        """One AdamW step on the projections with the gradients of the last loss()."""
+        if self._opt is not None and self.grads:
+            self._opt.step(self.grads, lr)

@@ -61,14 +61,21 @@ def teacher_logits(teacher: GPT, x):
     return logits
 
 
-def distill_loss_fn(teacher: GPT, temperature=2.0, alpha=0.5, reverse=False, cache: TeacherLogits | None = None):
+def distill_loss_fn(teacher: GPT, temperature=2.0, alpha=0.5, reverse=False, cache: TeacherLogits | None = None,
+                    hidden=None):
     """loss_fn(model, x, y) -> (loss, dlogits) for minigpt.train.train.
     cache: a TeacherLogits to reuse the teacher's logits of repeated batches
-    (it must wrap this teacher)."""
+    (it must wrap this teacher). hidden: a minigpt.distill.hidden.HiddenMatch
+    adding its term; dlogits is then a dict that also holds the gradients
+    w.r.t. the matched block outputs (GPT.backward takes it)."""
     check_distill_args(temperature, alpha)
     if cache is not None and cache.teacher is not teacher:
         raise ValueError("the TeacherLogits cache wraps another teacher")
     lookup = cache if cache is not None else (lambda x: teacher_logits(teacher, x))
+    if hidden is not None:
+        if cache is not None:
+            raise ValueError("a TeacherLogits cache holds no hidden states; match hidden states without one")
+        return _with_hidden(teacher, temperature, alpha, reverse, hidden)
 
     def loss_fn(model, x, y):
         t_logits = lookup(x)  # (B, T, V), the teacher forward only
@@ -79,16 +86,49 @@ def distill_loss_fn(teacher: GPT, temperature=2.0, alpha=0.5, reverse=False, cac
     return loss_fn
 
 
+def _with_hidden(teacher, temperature, alpha, reverse, hidden):
+    """The loss_fn with a hidden-state term: one teacher forward gives both
+    its logits and its block outputs (no logits cache: it would have to
+    hold the hidden states too)."""
+    def loss_fn(model, x, y):
+        training, teacher.training = teacher.training, False
+        try:
+            t_logits, _ = teacher.forward(x, keep_cache=True)  # (B, T, V)
+            t_acts = teacher.activations()  # block outputs of that forward
+        finally:
+            teacher.training = training
+        s_logits, _ = model.forward(x, keep_cache=True)  # (B, T, V)
+        loss, cache = distill_forward(s_logits, t_logits, y, temperature, alpha, reverse)
+        h_loss, dh = hidden.loss(model.activations(), t_acts)
+        return loss + h_loss, {"logits": distill_backward(1.0, cache), **dh}
+
+    return loss_fn
+
+
 def distill(student: GPT, teacher: GPT, dataset, tcfg, temperature=2.0, alpha=0.5, reverse=False, cache=None,
-            **kwargs):
+            hidden=None, **kwargs):
     """Train student in place on teacher's soft targets for tcfg.steps steps
     (kwargs go to minigpt.train.train: out, progress, log, resume, ...;
-    cache: a TeacherLogits shared by runs that repeat batches).
+    cache: a TeacherLogits shared by runs that repeat batches; hidden: a
+    HiddenMatch, whose projections then train along).
     Returns train()'s TrainResult."""
     if student.config.vocab_size != teacher.config.vocab_size:
         from .errors import DistillError
 
         raise DistillError(f"the student's vocabulary ({student.config.vocab_size}) differs from the "
                            f"teacher's ({teacher.config.vocab_size})")
-    loss_fn = distill_loss_fn(teacher, temperature, alpha, reverse, cache)
+    loss_fn = distill_loss_fn(teacher, temperature, alpha, reverse, cache, hidden)
+    if hidden is not None:  # the projections step with the student, at the loop's learning rate
+        kwargs["after_step"] = _then_update(hidden, tcfg, kwargs.get("after_step"))
     return train(student, dataset, tcfg, loss_fn=loss_fn, **kwargs)
+
+
+def _then_update(hidden, tcfg, after_step):
+    from ..optim import lr_schedule
+
+    def after(params, opt):
+        if after_step is not None:
+            after_step(params, opt)
+        hidden.update(lr_schedule(opt.t - 1, tcfg.lr, tcfg.min_lr, tcfg.warmup_steps, tcfg.steps))
+
+    return after
