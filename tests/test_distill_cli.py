@@ -61,6 +61,9 @@ def test_distill_writes_a_student_and_reports(setup, capsys, init):
     (["--n-head", "3"], "divisible"),
     (["--steps", "0"], "--steps"),
     (["--n-embd", "32"], "cannot start"),
+    (["--hidden", "0:7"], "--hidden"),
+    (["--hidden", "first"], "--hidden"),
+    (["--hidden-weight", "-1"], "--hidden-weight"),
 ])
 def test_bad_requests_get_one_line_and_exit_2(setup, capsys, args, words):
     base = {"--n-layer": "1", "--n-embd": "8", "--n-head": "2", "--steps": "2"}
@@ -85,3 +88,12 @@ def test_missing_teacher_is_a_user_error(setup, capsys):
     assert main(["distill", str(setup / "nope.npz"), "--n-layer", "1", "--n-embd", "8", "--n-head", "2",
                  "--out", str(setup / "bad.npz")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_distill_with_hidden_states(setup, capsys):
+    out = setup / "s-hidden.npz"
+    assert distill(setup, "--n-layer", "1", "--n-embd", "8", "--n-head", "2", "--steps", "4", "--hidden", "all",
+                   "--hidden-weight", "0.5", "--out", str(out)) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    meta = load_checkpoint(out).meta["distilled"]["hidden"]
+    assert meta == {"pairs": {"0": 1}, "kind": "mse", "weight": 0.5}

@@ -7,7 +7,8 @@ The student shares the teacher's tokenizer and context. --init teacher (the
 default) starts it from the teacher where the shapes allow (every other
 block, embeddings, final LayerNorm, a width slice when narrower), --init
 random from GPT-2's initialisation. The loss is alpha T^2 KL(teacher || student
-at temperature T) + (1 - alpha) cross-entropy, trained by the shared loop
+at temperature T) + (1 - alpha) cross-entropy (plus, with --hidden, a term
+matching block outputs), trained by the shared loop
 (progress bar, validation, checkpoints, Ctrl-C). The output is a training
 checkpoint of the student, so `minigpt train --resume STUDENT` continues it
 (on cross-entropy) and sample / eval accept it.
@@ -42,6 +43,12 @@ def register(sub):
                    help="weight in [0, 1] of the soft-target term; 1 - alpha weighs cross-entropy on the "
                         "text (default: %(default)s)")
     p.add_argument("--reverse-kl", action="store_true", help="KL(student || teacher) instead of KL(teacher || student)")
+    p.add_argument("--hidden", metavar="LAYERS",
+                   help="also match hidden states: 'all' (each student block to the last teacher block it stands "
+                        "for) or student:teacher block pairs such as 0:1,1:3; cosine when the widths are equal, "
+                        "else MSE through a learned projection")
+    p.add_argument("--hidden-weight", type=float, default=1.0,
+                   help="weight of the hidden-state term (default: %(default)s)")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="AdamW steps (default: %(default)s)")
     p.add_argument("--lr", type=float, help="peak learning rate (default: the teacher's run's)")
     p.add_argument("--batch-size", type=int, help="windows per step (default: the teacher's run's)")
@@ -69,6 +76,8 @@ def _check_args(args):
             raise DistillError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.batch_size is not None and args.batch_size <= 0:
         raise DistillError(f"--batch-size must be positive, got {args.batch_size}")
+    if not (args.hidden_weight >= 0 and math.isfinite(args.hidden_weight)):
+        raise DistillError(f"--hidden-weight must be a number >= 0, got {args.hidden_weight}")
     if args.lr is not None and not (args.lr > 0 and math.isfinite(args.lr)):
         raise DistillError(f"--lr must be a positive number, got {args.lr}")
 
@@ -103,17 +112,26 @@ def cmd_distill(args):
     _check_writable(args.out)
     student, report = make_student(teacher, args.n_layer, args.n_embd, args.n_head, args.init, args.seed,
                                    backend=args.backend)
+    hidden = None
+    if args.hidden is not None:
+        from .hidden import HiddenMatch, parse_pairs
+
+        pairs = parse_pairs(args.hidden, student.config.n_layer, teacher.config.n_layer)
+        hidden = HiddenMatch(pairs, student.config.n_embd, teacher.config.n_embd, args.hidden_weight, seed=args.seed)
     tcfg = _train_config(ckpt, args)
     meta = {"corpus": source, "distilled": {"teacher": str(args.teacher), "init": args.init,
                                             "temperature": args.temperature, "alpha": args.alpha,
-                                            "reverse_kl": args.reverse_kl, "steps": args.steps}}
+                                            "reverse_kl": args.reverse_kl, "steps": args.steps,
+                                            "hidden": None if hidden is None else
+                                            {"pairs": {str(k): v for k, v in hidden.pairs.items()},
+                                             "kind": hidden.kind, "weight": hidden.weight}}}
     print(f"minigpt: distilling into {args.n_layer} block{'s' * (args.n_layer != 1)} x {args.n_embd} wide x "
           f"{args.n_head} head{'s' * (args.n_head != 1)} "
           f"(init {args.init}: {summarize(report)}), T {args.temperature:g}, alpha {args.alpha:g}, "
           f"{args.steps} steps at lr {tcfg.lr:g}", file=sys.stderr)
     t0 = time.perf_counter()
     result = distill(student, teacher, dataset, tcfg, args.temperature, args.alpha, args.reverse_kl,
-                     out=args.out, progress=not args.no_progress, extra_meta=meta)
+                     hidden=hidden, out=args.out, progress=not args.no_progress, extra_meta=meta)
     seconds = time.perf_counter() - t0
     rows = {"val loss": [evaluate(m, dataset, "val", 32, args.eval_batches) for m in (teacher, student)],
             "parameters": [teacher.num_params(), student.num_params()],
