@@ -483,3 +483,17 @@ print(f"generation: teacher {speed_t:,.0f} tokens/s, student {speed_s:,.0f} toke
 #    between them grow or shrink? (Check that both runs saw the same batches:
 #    the same seed gives the same `TeacherLogits` keys, so a second
 #    distillation run with a shared cache reports only hits.)
+# 4. **Hidden states.** `HiddenMatch(default_pairs(2, 1), 32, 64)` (from
+#    `minigpt.distill.hidden`) matches the student's block output to the
+#    teacher's last block through a learned 32 x 64 projection; pass it as
+#    `distill(..., hidden=hm)`. Check first that `hm.kind == "mse"` and that
+#    `hm.W["proj.0"]` changes during the run; then compare (b) with and
+#    without it. (With `minigpt distill --hidden all` at 600 steps, T = 1,
+#    alpha = 0.5, we measured 2.259 against 2.280 from random init, and no
+#    gain from the teacher init: 1.954 against 1.946, on 40 validation batches.)
+# 5. **Sequence-level distillation** (Kim & Rush 2016). `teacher_text_dataset(teacher,
+#    dataset, 600 * 16 * 64, temperature=0.8)` is a Dataset whose training
+#    split the teacher wrote and whose validation split is the real one.
+#    Check that `seq.val is dataset.val`, then train the student from
+#    scratch on it with plain `train` for 600 steps: is text from the
+#    teacher a better teacher than the corpus itself, for this student?
