@@ -34,7 +34,7 @@ from .threads import threads_for
 
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 # Rows of x per batch task: 64 float32 sums are 8 AVX2 / 4 AVX-512 registers. Measured on the 2-core
-# Xeon (one thread, 768 x 3072, 512 rows, 50-95% zeros): 32 rows is 2-4x slower (LLVM no longer keeps the
+# Xeon (one thread, 768 x 3072, 512 rows, 50-95% zeros): 32 rows is 4-5x slower (LLVM no longer keeps the
 # sums in registers), 128 rows and runs of 8 or 64 outputs are within the noise of 64 and 16.
 TILE_M = 64
 RUN = 16  # outputs per task (both paths); small enough to balance threads when nonzeros are uneven
@@ -126,7 +126,11 @@ def threads_used(M, nnz) -> int:
 
 
 def sparse_matmul(x, values, indices, indptr):
-    """x (M, K) float times the CSR weight (K, N) -> (M, N) in x's dtype; see the module docstring."""
+    """x (M, K) float times the CSR weight (K, N) -> (M, N) in x's dtype; see the module docstring.
+
+    The arrays must be valid CSR (minigpt.layers.sparse_linear.csr_problem, which the model
+    runs on every sparse weight it is given): the loops do not bound-check their indices.
+    """
     x = np.ascontiguousarray(x)
     if x.ndim != 2:
         raise ValueError(f"expected a 2-D array, got shape {x.shape}")
