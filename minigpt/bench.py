@@ -339,8 +339,9 @@ def bench_sparse(quick, torch):
                  f"the zeros too ({K * N * 4 / 2**20:.1f} MB); sparse faster from {where} sparsity")
         for s, t in times.items():
             case = f"{s:.0%} zeros"
-            rows.append(_row(section, about, case, "numpy float32 @ (dense)", t["dense"], "numpy float32 @ (dense)", 1.0))
-            rows.append(_row(section, about, case, labels[s], t["csr"], "numpy float32 @ (dense)", speedups[s]))
+            dense = "numpy float32 @ (dense)"
+            rows.append(_row(section, about, case, dense, t["dense"], dense, 1.0))
+            rows.append(_row(section, about, case, labels[s], t["csr"], dense, speedups[s]))
     return rows
 
 

@@ -154,6 +154,14 @@ def test_kernel_takes_any_layout_of_x():
     _close(sparse_matmul(x, s["values"], s["indices"], s["indptr"]), x, w)
 
 
+def test_warm_up_compiles_both_paths_quietly_once_warm(capsys):
+    from minigpt.kernels.sparse import warm_up
+
+    warm_up("float32", verbose=False)  # compiles or loads
+    assert warm_up("float32") >= 0.0
+    assert capsys.readouterr().err == ""  # warm: nothing to announce
+
+
 def test_op_table_has_the_kernel_and_the_reference():
     assert op_table("numba")["sparse_matmul"] == (sparse_matmul, None)
     assert op_table("numpy")["sparse_matmul"] == (sparse_matmul_ref, None)

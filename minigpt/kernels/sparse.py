@@ -158,3 +158,19 @@ def _tiled_product(x, values, indices, indptr, n_t, out):
     acc = np.empty((n_t, N, TILE_M), dtype=x.dtype)
     with threads_for(_tile_work(n_t, values.shape[0])):
         _csr_tiles(xtiles, values, indices, indptr, x.dtype.type(0), acc, out)
+
+
+def warm_up(dtype="float32", verbose=True) -> float:
+    """Compile (or load from numba's cache) both paths for dtype before a clock starts,
+    announced on a cold cache like minigpt.kernels.warm_up; returns the seconds spent.
+    (A sparse model's first product otherwise pays it: ~3 s cold, measured.)"""
+    from .warmup import run_announced
+
+    def calls():
+        values, indices = np.ones(2, dtype=dtype), np.array([0, 2], dtype=np.uint16)
+        indptr = np.array([0, 1, 2], dtype=np.int64)
+        for rows in (1, GATHER_ROWS):  # the gather loop and one tile
+            sparse_matmul(np.ones((rows, 3), dtype=dtype), values, indices, indptr)
+
+    message = f"minigpt: compiling the {np.dtype(dtype).name} sparse kernels (first run only, ~3 s) ..."
+    return run_announced(calls, message, verbose)
