@@ -39,8 +39,6 @@ import numpy as np
 from ..layers.cross_entropy import log_softmax
 from .errors import DistillError
 
-T_RANGE = (0.5, 20.0)  # the temperatures the tests check for stability
-
 
 def check_distill_args(temperature, alpha):
     """Raise DistillError unless temperature > 0 and alpha in [0, 1] (both finite)."""
