@@ -35,5 +35,5 @@ def test_chapter_08_distillation(run_chapter):
     assert g["size"]["parameters"][1] < g["size"]["parameters"][0]
     assert all(t.startswith(g["PROMPT"]) for t in g["samples"].values())
     assert "h." in g["errata_message"] or "wte" in g["errata_message"]
-    assert "Closing" not in out and "generation: teacher" in out
+    assert "generation: teacher" in out and "ConfigError" in out
     assert np.isfinite(g["speed_s"]) and g["speed_s"] > 0
