@@ -136,6 +136,8 @@ def _quantized_expected(params, expected, error, prefix) -> dict:
             if K % BLOCK:
                 raise error(f"{prefix}{wname}.{fmt} stands for {K} inputs, not a multiple of {BLOCK}")
             out[f"{wname}.{fmt}"] = ((N, K // BLOCK * BLOCK_BYTES[fmt]), np.uint8)
+        elif wname + ".kmeans_idx" in params:
+            out.update(_kmeans_expected(params, wname, (K, N), fdtype, error, prefix))
         elif wname + ".int4" in params:
             g = params.get(wname + ".group")
             if g is None or g.shape != () or g.dtype.kind != "i" or g <= 0 or g % 2 or K % g:
@@ -144,6 +146,18 @@ def _quantized_expected(params, expected, error, prefix) -> dict:
             out.update({wname + ".int4": ((K // 2, N), np.uint8), wname + ".scales": ((K // g, N), fdtype),
                         wname + ".group": ((), np.int64)})
     return out
+
+
+def _kmeans_expected(params, wname, shape, fdtype, error, prefix) -> dict:
+    """{name: (shape, dtype)} of a k-means weight (minigpt.quant.kmeans), once its
+    codebook is checked to hold 2..256 values and every index to point into it."""
+    book, idx = params.get(wname + ".codebook"), params[wname + ".kmeans_idx"]
+    if not isinstance(book, np.ndarray) or book.ndim != 1 or not 2 <= book.shape[0] <= 256:
+        raise error(f"{prefix}{wname}.codebook must be a 1-D array of 2 to 256 values")
+    if isinstance(idx, np.ndarray) and idx.dtype == np.uint8 and idx.size and int(idx.max()) >= book.shape[0]:
+        raise error(f"{prefix}{wname}.kmeans_idx holds index {int(idx.max())}, but the codebook has "
+                    f"{book.shape[0]} values")
+    return {wname + ".kmeans_idx": (shape, np.uint8), wname + ".codebook": (book.shape, fdtype)}
 
 
 def _sparse_expected(params, expected, error, prefix) -> dict:
@@ -411,7 +425,8 @@ class GPT:
                 n += p.size // BLOCK_BYTES[name.rsplit(".", 1)[1]] * BLOCK
             elif name.endswith(".csr_shape"):  # a sparse weight counts as the K x N it stands for
                 n += int(np.prod(p))
-            elif not name.endswith((".scale", ".scales", ".group", ".csr_values", ".csr_indices", ".csr_indptr")):
+            elif not name.endswith((".scale", ".scales", ".group", ".csr_values", ".csr_indices", ".csr_indptr",
+                                    ".codebook")):  # kmeans_idx counts as the K x N weights
                 n += p.size
         return int(n)
 

@@ -25,6 +25,9 @@ quantized model saves and loads like any other (no objects, no pickle):
     one row of blocks per output channel:
         NAME.weight.q8_0    (N, K/32 * 34) uint8
         NAME.weight.q4_0    (N, K/32 * 18) uint8
+    kmeans, a per-tensor codebook of 2^b shared values (minigpt.quant.kmeans):
+        NAME.weight.kmeans_idx (K, N) uint8   W_hat[k, j] = codebook[kmeans_idx[k, j]]
+        NAME.weight.codebook   (2^b,) float
 
 The product itself is an op of the op table ("int8_weight_matmul",
 "int4_weight_matmul", "w8a8_matmul", "block_weight_matmul"): the NumPy
@@ -44,13 +47,13 @@ INT8_KEYS = ("int8", "scale")
 INT4_KEYS = ("int4", "scales", "group")
 # every format: the arrays NAME.weight.<key> it stores (the first key names the format)
 FORMAT_KEYS = {"int8": INT8_KEYS, "int4": INT4_KEYS, "w8a8": ("w8a8", "scale"), "q8_0": ("q8_0",),
-               "q4_0": ("q4_0",)}
+               "q4_0": ("q4_0",), "kmeans": ("kmeans_idx", "codebook")}
 
 
 def quantized_format(p: dict, name: str) -> str | None:
-    """"int8", "int4", "w8a8", "q8_0", "q4_0" or None (a float weight) for the linear layer `name` in p."""
-    for fmt in FORMAT_KEYS:
-        if f"{name}.weight.{fmt}" in p:
+    """"int8", "int4", "w8a8", "q8_0", "q4_0", "kmeans" or None (a float weight) for the linear layer `name` in p."""
+    for fmt, keys in FORMAT_KEYS.items():
+        if f"{name}.weight.{keys[0]}" in p:
             return fmt
     return None
 
@@ -70,6 +73,8 @@ def quantized_in_out(q: dict) -> tuple[int, int]:
     if fmt in BLOCK_BYTES:
         N, nbytes = q[fmt].shape
         return nbytes // BLOCK_BYTES[fmt] * BLOCK, N
+    if fmt == "kmeans":
+        return q["kmeans_idx"].shape
     return 2 * q["int4"].shape[0], q["int4"].shape[1]
 
 
@@ -80,6 +85,8 @@ def dequantize(q: dict) -> np.ndarray:
         return (q[fmt].astype(q["scale"].dtype) * q["scale"][:, None]).T  # (K, N)
     if fmt in BLOCK_BYTES:
         return dequantize_blocks(q[fmt], fmt).T  # (K, N) float32
+    if fmt == "kmeans":
+        return q["codebook"][q["kmeans_idx"]]  # (K, N): a table lookup
     K, N = quantized_in_out(q)
     g = int(q["group"])
     packed = q["int4"].reshape(K // g, 1, g // 2, N)
@@ -98,6 +105,8 @@ def quantized_linear_forward(x, q: dict, b, matmuls: dict):
         y = matmuls[fmt](x2, q[fmt], q["scale"].astype(x.dtype))  # (M, N)
     elif fmt in BLOCK_BYTES:
         y = matmuls["blocks"](x2, q[fmt], fmt)
+    elif fmt == "kmeans":  # no integer product: the lookup table's values are arbitrary floats
+        y = x2 @ dequantize(q).astype(x.dtype)  # (M, N)
     else:
         y = matmuls["int4"](x2, q["int4"], q["scales"].astype(x.dtype), int(q["group"]))
     out = y.reshape(*x.shape[:-1], N) + b  # (..., N)

@@ -114,9 +114,9 @@ def quantized_layers(params: dict) -> dict[str, str]:
     """{layer name: format} of every quantized linear in params."""
     out = {}
     for name in params:
-        for fmt in FORMAT_KEYS:
-            if name.endswith(f".weight.{fmt}"):
-                out[name[: -len(f".weight.{fmt}")]] = fmt
+        for fmt, keys in FORMAT_KEYS.items():  # the first key names the array that marks the format
+            if name.endswith(f".weight.{keys[0]}"):
+                out[name[: -len(f".weight.{keys[0]}")]] = fmt
     return out
 
 
