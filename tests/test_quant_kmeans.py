@@ -168,3 +168,23 @@ def test_bytes_and_error_against_linear_quantization():
         # which is the per-tensor linear quantizer's grid (up to its zero point's rounding)
         assert err_k < err_t
         assert kmeans_nbytes(q) == packed + 4 * 2 ** bits
+
+
+def test_a_pruned_weight_keeps_its_zeros_through_kmeans_and_finetuning():
+    model = trained_like()
+    rng = np.random.default_rng(5)
+    masks = {n: rng.random(p.shape) < 0.4 for n, p in model.params.items() if n.startswith("h.") and p.ndim == 2}
+    for n, m in masks.items():
+        model.params[n] = model.params[n] * m
+    q = kmeans_model(model, bits=3, masks=masks)
+    for n, m in masks.items():
+        idx, book = q.params[n + ".kmeans_idx"], q.params[n + ".codebook"]
+        assert book[0] == 0.0 and not idx[~m].any() and idx[m].min() >= 1  # index 0 is the pruned weights'
+        w = model.params[n].astype(np.float64)
+        for j in range(1, 8):  # the other 7 centroids: a fixed point of Lloyd's update on the alive weights
+            if (idx == j).any():
+                assert abs(w[idx == j].mean() - book[j]) <= 1e-6 * abs(book[j])  # float32 codebook
+    tuned, _ = finetune_centroids(q, [batch()], steps=5, lr=1e-2, keep_zero=True)
+    deq = dequantize_params(tuned.params)
+    for n, m in masks.items():
+        assert not deq[n][~m].any() and tuned.params[n + ".codebook"][0] == 0.0

@@ -68,11 +68,14 @@ def lloyd_update(w, idx, codebook) -> np.ndarray:
 def kmeans_codebook(w, bits: int, max_iter=300) -> tuple[np.ndarray, np.ndarray, int]:
     """(codebook (2^b,) float64, idx uint8 of w's shape, iterations run): Lloyd's k-means on
     the entries of w from 2^b centroids spread linearly over [min w, max w]."""
-    bits = _check_bits(bits)
+    return _lloyd(w, 2 ** _check_bits(bits), max_iter)
+
+
+def _lloyd(w, k: int, max_iter: int):
     w = np.asarray(w)
     if w.size == 0:
         raise ConfigError("cannot k-means quantize an empty tensor")
-    c = np.linspace(float(w.min()), float(w.max()), 2 ** bits)  # (k,) the linear initialisation
+    c = np.linspace(float(w.min()), float(w.max()), k)  # (k,) the linear initialisation
     idx = assign(w, c)
     for it in range(1, max_iter + 1):
         c = lloyd_update(w, idx, c)
@@ -83,10 +86,25 @@ def kmeans_codebook(w, bits: int, max_iter=300) -> tuple[np.ndarray, np.ndarray,
     return lloyd_update(w, idx, c), idx, max_iter
 
 
-def kmeans_quantize(w, bits: int, max_iter=300) -> dict:
-    """{"kmeans_idx": (K, N) uint8, "codebook": (2^b,) in w's dtype}: the arrays that store W."""
-    c, idx, _ = kmeans_codebook(w, bits, max_iter)
-    return {"kmeans_idx": idx, "codebook": c.astype(np.asarray(w).dtype)}
+def kmeans_quantize(w, bits: int, max_iter=300, mask=None) -> dict:
+    """{"kmeans_idx": (K, N) uint8, "codebook": (2^b,) in w's dtype}: the arrays that store W.
+
+    mask (bool, w's shape, True = alive): a pruned weight. Then codebook[0] = 0 holds the
+    pruned entries (index 0) and the 2^b - 1 other centroids are k-means of the alive ones
+    only, so quantizing never brings a pruned weight back (Deep Compression's order)."""
+    w = np.asarray(w)
+    if mask is None:
+        c, idx, _ = kmeans_codebook(w, bits, max_iter)
+        return {"kmeans_idx": idx, "codebook": c.astype(w.dtype)}
+    mask = np.asarray(mask, dtype=bool)
+    k = 2 ** _check_bits(bits)
+    idx = np.zeros(w.shape, dtype=np.uint8)
+    c = np.zeros(k)
+    if mask.any():
+        c_alive, idx_alive, _ = _lloyd(w[mask], k - 1, max_iter)
+        c[1:] = c_alive
+        idx[mask] = idx_alive + 1
+    return {"kmeans_idx": idx, "codebook": c.astype(w.dtype)}
 
 
 def kmeans_dequantize(q: dict) -> np.ndarray:
@@ -108,22 +126,25 @@ def centroid_gradients(idx, dW, k: int) -> np.ndarray:
     return np.bincount(np.asarray(idx).ravel(), weights=np.asarray(dW, dtype=np.float64).ravel(), minlength=k)
 
 
-def kmeans_params(params: dict, bits: int, keep_float=(), max_iter=300) -> dict:
+def kmeans_params(params: dict, bits: int, keep_float=(), max_iter=300, masks=None) -> dict:
     """A parameter dict with every block linear's float weight NAME.weight replaced by
-    NAME.weight.kmeans_idx and NAME.weight.codebook (layers named in keep_float stay float)."""
+    NAME.weight.kmeans_idx and NAME.weight.codebook (layers named in keep_float stay float).
+    masks: {NAME.weight: bool, True = alive} of pruned weights (see kmeans_quantize)."""
     bits = _check_bits(bits)
+    masks = masks or {}
     out = {}
     for name, w in params.items():
         if is_quantizable(name) and name[: -len(".weight")] not in keep_float:
-            out.update({f"{name}.{k}": a for k, a in kmeans_quantize(w, bits, max_iter).items()})
+            q = kmeans_quantize(w, bits, max_iter, masks.get(name))
+            out.update({f"{name}.{k}": a for k, a in q.items()})
         else:
             out[name] = w
     return out
 
 
-def kmeans_model(model: GPT, bits: int, keep_float=(), max_iter=300) -> GPT:
+def kmeans_model(model: GPT, bits: int, keep_float=(), max_iter=300, masks=None) -> GPT:
     """A copy of model whose block linears are k-means quantized (the float model is unchanged)."""
-    params = kmeans_params(model.params, bits, keep_float, max_iter)
+    params = kmeans_params(model.params, bits, keep_float, max_iter, masks)
     return GPT(model.config, params=params, backend=model.backend, tokenizer=model.tokenizer)
 
 
@@ -132,8 +153,9 @@ def kmeans_layers(params: dict) -> list[str]:
     return [layer for layer, fmt in quantized_layers(params).items() if fmt == "kmeans"]
 
 
-def finetune_centroids(model: GPT, batches, steps: int, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+def finetune_centroids(model: GPT, batches, steps: int, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, keep_zero=False):
     """(a new k-means GPT, training losses): Adam on the codebooks only, the assignments frozen.
+    keep_zero: centroids exactly 0 (a pruned weight's, kmeans_quantize(mask=...)) stay 0.
 
     batches: a list of (x, y) token arrays (B, T), used in turn. Each step runs the
     forward and backward of the dequantized model and folds each weight's dL/dW into
@@ -159,6 +181,8 @@ def finetune_centroids(model: GPT, batches, steps: int, lr=1e-3, betas=(0.9, 0.9
         losses.append(float(loss))
         for n in layers:
             g = centroid_gradients(model.params[n + ".weight.kmeans_idx"], grads[n + ".weight"], len(books[n]))
+            if keep_zero:
+                g[books[n] == 0.0] = 0.0  # Adam's step is then 0 there: m and v stay 0
             m[n] = betas[0] * m[n] + (1 - betas[0]) * g
             v[n] = betas[1] * v[n] + (1 - betas[1]) * g * g
             mhat, vhat = m[n] / (1 - betas[0] ** t), v[n] / (1 - betas[1] ** t)
