@@ -39,6 +39,7 @@ from .qat import fake_quant_backward, fake_quant_forward, qat_finetune, qat_tran
 from .rescale import activation_maxima, calibration_batches
 from .kmeans import centroid_gradients, finetune_centroids, kmeans_dequantize, kmeans_model, kmeans_quantize  # noqa: F401
 from .huffman import huffman_decode, huffman_encode, huffman_nbytes, sparse_gaps  # noqa: F401
+from .deep_compression import deep_compression  # noqa: F401
 from .smoothquant import smooth_model
 from .weights import (
     KINDS,
