@@ -14,6 +14,7 @@ keeps no import cycle.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import math
 import sys
 import time
@@ -22,11 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, MinigptError
-from .weights import BITS, bits_per_weight, dequantize_params, kind_for_bits, quantized_layers
+from .weights import BITS, bits_per_weight, dequantize_params, is_quantizable, kind_for_bits, quantized_layers
 from .weights import quantize_params, weight_bytes
 
 DEFAULT_GROUP = 32
-METHODS = ("rtn", "gptq", "awq")
+METHODS = ("rtn", "gptq", "awq", "kmeans")
 DEFAULT_CALIB, CALIB_BATCH = 8, 16
 
 
@@ -74,7 +75,11 @@ def register(sub):
                    help="layers (or shell patterns, e.g. 'h.0.*') to leave in float (default: none)")
     p.add_argument("--method", choices=METHODS, default="rtn",
                    help="rtn: round to nearest; gptq: GPTQ's error-correcting updates from calibration inputs; "
-                        "awq: activation-aware scales (weight-only) before rounding (default: %(default)s)")
+                        "awq: activation-aware scales (weight-only) before rounding; kmeans: a codebook of 2^bits "
+                        "shared values a tensor (k-means), a b-bit index a weight (default: %(default)s)")
+    p.add_argument("--centroid-steps", type=int, metavar="N",
+                   help=f"with --method kmeans: N Adam steps on the centroids alone (assignments frozen), "
+                        f"batches of {CALIB_BATCH} windows from the training split (default: 0)")
     p.add_argument("--smooth", type=_alpha, metavar="ALPHA",
                    help="with --activations: SmoothQuant first, s_j = max|X_j|^ALPHA / max|W_j|^(1-ALPHA) "
                         "folded into the LayerNorms (0.5 is the paper's usual choice)")
@@ -114,9 +119,25 @@ def scheme_from_args(args) -> dict:
     return {"kind": kind, "bits": bits, "group": group}
 
 
+def kmeans_scheme(args) -> dict:
+    """{"kind": "kmeans", "bits", "group": None} of --method kmeans, or a MinigptError naming the
+    option it has no use for (one codebook a tensor: no groups, scales, blocks or activations)."""
+    clashes = {"--format": args.format, "--activations": args.activations, "--group-size": args.group_size,
+               "--smooth": args.smooth, "--calib-batches": args.calib_batches}
+    for flag, value in clashes.items():
+        if value is not None and value is not False:
+            raise MinigptError(f"--method kmeans stores one codebook a tensor and a b-bit index a weight; drop {flag}")
+    steps = args.centroid_steps
+    if steps is not None and steps < 0:
+        raise MinigptError(f"--centroid-steps must be 0 or more, got {steps}")
+    return {"kind": "kmeans", "bits": 8 if args.bits is None else args.bits, "group": None}
+
+
 def check_method_args(args, scheme):
     """MinigptError for --method / --smooth / --calib-batches that clash with the scheme or each other."""
     method = getattr(args, "method", "rtn")
+    if getattr(args, "centroid_steps", None) is not None and method != "kmeans":
+        raise MinigptError(f"--centroid-steps fine-tunes k-means centroids: it needs --method kmeans, not {method}")
     smooth, calib = getattr(args, "smooth", None), getattr(args, "calib_batches", None)
     if method != "rtn" and args.format:
         raise MinigptError(f"--method {method} writes int8 / int2-4 / W8A8 weights; --format {args.format} "
@@ -133,6 +154,8 @@ def check_method_args(args, scheme):
 
 def describe(scheme: dict) -> str:
     kind, bits, group = scheme["kind"], scheme["bits"], scheme.get("group")
+    if kind == "kmeans":
+        return f"k-means {bits}-bit ({2 ** bits} centroids a tensor)"
     if kind == "int4":
         return f"int{bits} weights, groups of {group}" if group else f"int{bits} weights, per channel"
     return {"int8": f"int{bits} weights, per channel", "w8a8": "W8A8 (int8 weights and activations)",
@@ -173,21 +196,18 @@ def _check_out(out, source):
 
 
 def cmd_quantize(args):
-    from ..model import GPT, load_checkpoint
+    from ..model import GPT
 
     for name in ("max_batches", "tokens"):
         if getattr(args, name) < (0 if name == "max_batches" else 1):
             raise MinigptError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.method == "kmeans":
+        return cmd_quantize_kmeans(args)
     scheme = scheme_from_args(args)
     check_method_args(args, scheme)
     _check_out(args.out, args.checkpoint)
-    ckpt = load_checkpoint(args.checkpoint, backend=args.backend)
+    ckpt, dataset, source = _float_checkpoint(args)
     model = ckpt.model
-    if quantized_layers(model.params):
-        raise MinigptError(f"{args.checkpoint} is quantized already; quantize the float checkpoint it came from")
-    if model.tokenizer is None:
-        raise MinigptError(f"{args.checkpoint} has no vocabulary, so its validation text cannot be encoded")
-    dataset, source = _corpus(ckpt, None)
     params = _quantized_params(model, dataset, scheme, args)
     qmodel = GPT(model.config, params=params, backend=model.backend, tokenizer=model.tokenizer)
     print(f"minigpt: {args.checkpoint} -> {describe(scheme)}{_method_note(args)}; "
@@ -203,6 +223,87 @@ def cmd_quantize(args):
     qmodel.save(args.out, step=ckpt.step, train_config=ckpt.train_config, extra=meta)
     print(f"wrote {args.out}")
     return 0
+
+
+def _float_checkpoint(args):
+    """(checkpoint, its corpus as a Dataset, the corpus's source) of a float checkpoint with a vocabulary."""
+    from ..model import load_checkpoint
+
+    ckpt = load_checkpoint(args.checkpoint, backend=args.backend)
+    if quantized_layers(ckpt.model.params):
+        raise MinigptError(f"{args.checkpoint} is quantized already; quantize the float checkpoint it came from")
+    if ckpt.model.tokenizer is None:
+        raise MinigptError(f"{args.checkpoint} has no vocabulary, so its validation text cannot be encoded")
+    dataset, source = _corpus(ckpt, None)
+    return ckpt, dataset, source
+
+
+def cmd_quantize_kmeans(args):
+    """minigpt quantize CKPT --method kmeans --bits B [--centroid-steps N] --out Q.npz."""
+    from .kmeans import finetune_centroids, kmeans_model
+
+    scheme = kmeans_scheme(args)
+    _check_out(args.out, args.checkpoint)
+    ckpt, dataset, source = _float_checkpoint(args)
+    model = ckpt.model
+    keep = tuple(n[: -len(".weight")] for n in model.params if is_quantizable(n)
+                 and any(fnmatch.fnmatchcase(n[: -len(".weight")], pat) for pat in args.keep_float))
+    qmodel = kmeans_model(model, scheme["bits"], keep_float=keep)
+    steps = args.centroid_steps or 0
+    print(f"minigpt: {args.checkpoint} -> {describe(scheme)}; {len(quantized_layers(qmodel.params))} linear layers "
+          f"quantized, {steps} centroid fine-tuning steps, corpus {source}", file=sys.stderr)
+    before = _validation(qmodel, dataset, args.max_batches) if steps else None
+    if steps:
+        rng = np.random.default_rng(0)
+        batches = [dataset.get_batch("train", CALIB_BATCH, rng) for _ in range(steps)]
+        qmodel, _ = finetune_centroids(qmodel, batches, steps)
+    rows = [(m, _validation(m, dataset, args.max_batches), tokens_per_second(m, args.tokens)) for m in (model, qmodel)]
+    print(_kmeans_table(rows, describe(scheme), model.config.dtype, _unit(model.tokenizer), before, steps))
+    meta = {k: v for k, v in ckpt.meta.items() if k in ("corpus", "history")}
+    meta["quantization"] = {**scheme, "method": "kmeans", "centroid_steps": steps, "source": str(args.checkpoint),
+                            "float_val_loss": rows[0][1], "val_loss": rows[1][1]}
+    qmodel.save(args.out, step=ckpt.step, train_config=ckpt.train_config, extra=meta)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def kmeans_bytes(params: dict) -> tuple[int, int, int, int]:
+    """(bytes of the k-means weights with their indices packed at b bits, the same with the indices
+    Huffman coded instead, the bytes they take held as uint8, their number of weights); codebooks included."""
+    from .huffman import huffman_encode, huffman_nbytes
+    from .kmeans import kmeans_layers, kmeans_nbytes
+
+    packed = huffman = held = n = 0
+    for layer in kmeans_layers(params):
+        q = {"kmeans_idx": params[layer + ".weight.kmeans_idx"], "codebook": params[layer + ".weight.codebook"]}
+        packed += kmeans_nbytes(q, packed=True)
+        huffman += huffman_nbytes(huffman_encode(q["kmeans_idx"], len(q["codebook"]))) + q["codebook"].nbytes
+        held += kmeans_nbytes(q, packed=False)
+        n += q["kmeans_idx"].size
+    return packed, huffman, held, n
+
+
+def _kmeans_table(rows, label, dtype, unit, before, steps) -> str:
+    """Float and k-means side by side: loss, bytes packed at b bits and Huffman coded, bits a weight.
+    Weight bytes count every array (embeddings, LayerNorms, biases too), as the other methods' table does."""
+    (fm, l0, t0), (qm, l1, t1) = rows
+    b0 = weight_bytes(fm.params)
+    packed, huff, held, n = kmeans_bytes(qm.params)
+    rest = weight_bytes(qm.params) - held  # the arrays that stay float
+    w = max(len(label), 12)
+    lines = [f"{'':<22}{dtype:>12}  {label:>{w}}",
+             f"{'val loss':<22}{l0:>12.4f}  {l1:>{w}.4f}   {l1 - l0:+.4f}"]
+    if before is not None:
+        lines.append(f"{'  before centroid FT':<22}{'':>12}  {before:>{w}.4f}   {before - l0:+.4f} ({steps} steps)")
+    return "\n".join(lines + [
+        f"{'bits/' + unit:<22}{l0 / math.log(2):>12.4f}  {l1 / math.log(2):>{w}.4f}",
+        f"{'weight bytes':<22}{b0:>12,}  {rest + packed:>{w},}   {b0 / (rest + packed):.2f}x smaller (indices packed)",
+        f"{'  Huffman-coded':<22}{'':>12}  {rest + huff:>{w},}   {b0 / (rest + huff):.2f}x smaller",
+        f"{'bits per weight':<22}{bits_per_weight(fm.params):>12.2f}  {8 * packed / n:>{w}.2f}   "
+        f"(k-means linears, codebooks included)",
+        f"{'  Huffman-coded idx':<22}{'':>12}  {8 * huff / n:>{w}.2f}",
+        f"{'tokens/s':<22}{t0:>12.1f}  {t1:>{w}.1f}   {t1 / t0:.2f}x (greedy, batch 1)",
+    ])
 
 
 def _quantized_params(model, dataset, scheme, args) -> dict:
