@@ -61,5 +61,20 @@ def test_chapter_07_quantization(run_chapter):
     assert "CPU: " in out and "vs float32" in out
     assert len(g["speed"]) == 8 and all(t > 0 for t, _ in g["speed"].values())
 
+    # Deep Compression: the five stages of every run, the bytes never growing after pruning (a CSR
+    # matrix may outweigh the dense one when few weights are pruned), each compressing stage
+    # strictly smaller, the Huffman stage lossless, and the reported ratio one a run reached within 0.05 nats.
+    for run, rows in g["dc_rows"].items():
+        assert [r["stage"].split()[0] for r in rows] == [s.split()[0] for s in g["STAGES"]], run
+        ratios = [r["ratio"] for r in rows]
+        assert ratios[0] == 1.0 and all(a <= b for a, b in zip(ratios[1:], ratios[2:])), (run, ratios)
+        assert ratios[2] == ratios[1] and ratios[4] == ratios[3], run  # fine-tuning changes values, not bytes
+        assert ratios[3] > ratios[2] and ratios[5] > ratios[4] > 1, run
+        assert rows[5]["val_loss"] == rows[4]["val_loss"], run  # Huffman coding is lossless
+        assert all(np.isfinite(r["val_loss"]) for r in rows), run
+    within = [ratio for rise, ratio in g["dc_final"].values() if rise <= 0.05]
+    assert g["dc_best"] == max(within, default=None)
+    assert "at a validation-loss increase of at most 0.05 nats" in out and "35x AlexNet, 49x VGG-16" in out
+
     # The errata: codes without their scales are not the weights.
     assert g["errata_loss"] > g["float_loss"]
