@@ -970,6 +970,33 @@ print("at a validation-loss increase of at most 0.05 nats: "
 # prints the bytes with packed and with Huffman-coded indices.
 
 # %% [markdown]
+# Weight sharing alone, on the dense model, against round to nearest at the
+# same bits (section 6's rows): a codebook places its $2^b$ values where the
+# weights are dense, where a linear grid spaces them evenly, and costs one
+# table a matrix instead of a scale per channel or group.
+
+# %%
+from minigpt.quant import finetune_centroids, kmeans_model
+from minigpt.quant.cli import kmeans_bytes
+
+KM_STEPS = 2 if FAST else 50
+km_batches = [dataset.get_batch("train", 16, np.random.default_rng(2)) for _ in range(KM_STEPS)]
+kmeans_vs_linear = {}
+print(f"{'':<30}{'val loss':>9}{'bits/w':>8}   (block linears; k-means: indices packed, codebooks included)")
+for bits in (4, 3):
+    km = kmeans_model(model, bits)
+    km_tuned, _ = finetune_centroids(km, km_batches, KM_STEPS)
+    packed, huff, _, n_w = kmeans_bytes(km_tuned.params)
+    kmeans_vs_linear[bits] = {"k-means": val_loss(km), f"k-means, {KM_STEPS} centroid steps": val_loss(km_tuned),
+                              "bits": 8 * packed / n_w, "huffman bits": 8 * huff / n_w}
+    r = kmeans_vs_linear[bits]
+    for label in (f"W{bits} per channel", f"W{bits} groups of 32"):
+        print(f"{label + ' (linear)':<30}{results[label][0]:9.4f}{results[label][1]:8.2f}")
+    print(f"{f'k-means {bits}-bit':<30}{r['k-means']:9.4f}{r['bits']:8.2f}")
+    print(f"{f'  + {KM_STEPS} centroid steps':<30}{r[f'k-means, {KM_STEPS} centroid steps']:9.4f}{r['bits']:8.2f}"
+          f"   ({r['huffman bits']:.2f} with Huffman-coded indices)")
+
+# %% [markdown]
 # ## 13. Errata: a quantization snippet that circulates in tutorials
 #
 # > A TensorFlow tutorial on optimising GPT-style models quantizes with a

@@ -76,5 +76,17 @@ def test_chapter_07_quantization(run_chapter):
     assert g["dc_best"] == max(within, default=None)
     assert "at a validation-loss increase of at most 0.05 nats" in out and "35x AlexNet, 49x VGG-16" in out
 
+    # Weight sharing alone: b-bit packed indices and a codebook a matrix, fewer bits than the
+    # linear formats' (a scale a channel or group); Huffman codes (optimal, so never longer than fixed
+    # width, but with a length byte a symbol besides) come out shorter on weights peaked around 0.
+    for bits, r in g["kmeans_vs_linear"].items():
+        assert bits < r["bits"] < results_bits(g, bits), (bits, r)
+        assert r["huffman bits"] <= r["bits"] and all(np.isfinite(v) for v in r.values())
+
     # The errata: codes without their scales are not the weights.
     assert g["errata_loss"] > g["float_loss"]
+
+
+def results_bits(g, bits):
+    """Bits a weight of round to nearest per channel at `bits` (section 6 of the chapter)."""
+    return g["results"][f"W{bits} per channel"][1]
