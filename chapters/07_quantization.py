@@ -998,7 +998,7 @@ for bits in (4, 3):
 
 # %% [markdown]
 # In the full run k-means at 3 bits beats both linear 3-bit rows with fewer
-# bits a weight, and at 4 bits it sits between per channel and groups of 32.
+# bits a weight; at 4 bits it is a little worse than both, with fewer bits.
 # Fine-tuning the centroids lowers the training loss on its 50 batches but
 # raises the validation loss a little on this dense model (a model whose
 # training loss is well below its validation loss: the centroids fit the
