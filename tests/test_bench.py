@@ -148,3 +148,16 @@ def test_sparse_and_structured_sections(monkeypatch):
                                                     "attention, numba ops"]
     assert {r["impl"] for r in structured[1::2]} == {"half the neurons removed (128)", "half the heads removed (2)"}
     assert all(r["speedup"] == 1.0 for r in structured[::2])
+
+
+def test_readme_bench_output_is_in_the_commands_layout():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in readme.split("```text\n")[1:]]
+    [text] = [b for b in blocks if b.startswith("minigpt bench on ")]
+    head = text.splitlines()[0]
+    assert re.search(r"^minigpt bench on .+, \d+ cores; \d+ threads? for ", head)  # CPU model and cores named
+    tables = _tables(text.rstrip("\n"))
+    assert {t.split(":")[0] for t, _ in tables} >= {"attention fwd", "int matmul", "train step", "generate"}
+    _check_table_layout(text.rstrip("\n"))
