@@ -24,9 +24,10 @@ import time
 import numpy as np
 
 # Measured cold (empty NUMBA_CACHE_DIR), on a 2-core Intel Xeon (family 6
-# model 207, Emerald Rapids) under a load of 2-4: the six kernels (attention,
-# GELU, LayerNorm, forward and backward) of one dtype took 18-23 s (float32)
-# and 18-21 s (float64); warm, 0.2 s. Only the message's estimate.
+# model 207, Emerald Rapids): the six kernels (attention, GELU, LayerNorm,
+# forward and backward) of one dtype took 14 s (float32) on a quiet machine,
+# 18-23 s (float32) and 18-21 s (float64) under a load of 2-4; warm, 0.2 s.
+# Only the message's estimate.
 COLD_SECONDS = {"float32": 20, "float64": 20}
 
 
