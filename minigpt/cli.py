@@ -287,19 +287,28 @@ def cmd_sample(args):
     return 0
 
 
+def checkpoint_dataset(ckpt, path, text=None):
+    """(Dataset, source): the corpus the checkpoint was trained on (or the file
+    `text`), encoded with its tokenizer in windows of its block size. What
+    eval, prune, quantize and distill all evaluate on."""
+    from .data import Dataset, load_corpus
+
+    model = ckpt.model
+    if model.tokenizer is None:
+        raise MinigptError(f"{path} has no vocabulary, so text cannot be encoded")
+    corpus, source = load_corpus(text or ckpt.meta.get("corpus"))
+    return Dataset.from_text(corpus, model.tokenizer, model.config.block_size), source
+
+
 def cmd_eval(args):
     from . import load_checkpoint  # package level: minigpt.checkpoint or minigpt.model
-    from .data import Dataset, load_corpus
     from .train import evaluate
 
     _positive("--batch-size", args.batch_size)
     _positive("--max-batches", args.max_batches)
     ckpt = load_checkpoint(args.checkpoint, backend=args.backend)
     model = ckpt.model
-    if model.tokenizer is None:
-        raise MinigptError(f"{args.checkpoint} has no vocabulary, so text cannot be encoded")
-    text, source = load_corpus(args.text or ckpt.meta.get("corpus"))
-    dataset = Dataset.from_text(text, model.tokenizer, model.config.block_size)
+    dataset, source = checkpoint_dataset(ckpt, args.checkpoint, args.text)
     loss = evaluate(model, dataset, args.split, args.batch_size, args.max_batches)
     unit = _unit(model.tokenizer)
     print(f"{args.split} loss {loss:.4f}  bits/{unit} {loss / math.log(2):.4f}  "

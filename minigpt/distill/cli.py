@@ -94,8 +94,7 @@ def _train_config(ckpt, args):
 
 
 def cmd_distill(args):
-    from ..cli import _check_writable
-    from ..data import Dataset, load_corpus
+    from ..cli import _check_writable, checkpoint_dataset
     from ..model import load_checkpoint
     from ..prune.cli import generation_speeds, param_bytes
     from ..train import evaluate
@@ -105,10 +104,7 @@ def cmd_distill(args):
     _check_args(args)
     ckpt = load_checkpoint(args.teacher, backend=args.backend)
     teacher = ckpt.model
-    if teacher.tokenizer is None:
-        raise DistillError(f"{args.teacher} has no vocabulary, so the corpus cannot be encoded")
-    text, source = load_corpus(args.text or ckpt.meta.get("corpus"))
-    dataset = Dataset.from_text(text, teacher.tokenizer, teacher.config.block_size)
+    dataset, source = checkpoint_dataset(ckpt, args.teacher, args.text)
     _check_writable(args.out)
     student, report = make_student(teacher, args.n_layer, args.n_embd, args.n_head, args.init, args.seed,
                                    backend=args.backend)

@@ -216,7 +216,6 @@ def _sensitivity(model, masks, dataset, args):
 
 def cmd_prune(args):
     from ..checkpoint import save_checkpoint
-    from ..data import Dataset, load_corpus
     from ..model import GPT, load_checkpoint
     from ..optim import AdamW
     from ..train import evaluate, train
@@ -224,11 +223,9 @@ def cmd_prune(args):
     _check_args(args)
     ckpt = load_checkpoint(args.checkpoint, backend=args.backend)
     model = ckpt.model
-    if model.tokenizer is None:
-        raise PruneError(f"{args.checkpoint} has no vocabulary, so the corpus cannot be encoded")
-    text, source = load_corpus(args.text or ckpt.meta.get("corpus"))
-    dataset = Dataset.from_text(text, model.tokenizer, model.config.block_size)
-    from ..cli import _check_writable
+    from ..cli import _check_writable, checkpoint_dataset
+
+    dataset, source = checkpoint_dataset(ckpt, args.checkpoint, args.text)
 
     _check_writable(args.out)
     method = args.method

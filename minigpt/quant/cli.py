@@ -177,11 +177,10 @@ def tokens_per_second(model, n_tokens, prompt_id=0) -> float:
     return n_tokens / (time.perf_counter() - t0)
 
 
-def _corpus(ckpt, text_path):
-    from ..data import Dataset, load_corpus
+def _corpus(ckpt, text_path, path="the checkpoint"):
+    from ..cli import checkpoint_dataset
 
-    text, source = load_corpus(text_path or ckpt.meta.get("corpus"))
-    return Dataset.from_text(text, ckpt.model.tokenizer, ckpt.model.config.block_size), source
+    return checkpoint_dataset(ckpt, path, text_path)
 
 
 def _check_not_dir(out):
