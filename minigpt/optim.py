@@ -27,12 +27,14 @@ def clip_grad_norm(grads: dict, max_norm: float) -> float:
     norm = sqrt(sum over tensors of sum g^2); if norm > max_norm every g is
     multiplied by max_norm / norm. Returns the norm before clipping.
     """
+    # BEGIN SOLUTION
     norm = math.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in grads.values()))
     if max_norm > 0 and norm > max_norm:
         scale = max_norm / (norm + 1e-6)
         for g in grads.values():
             g *= scale
     return norm
+    # END SOLUTION
 
 
 def lr_schedule(step: int, lr: float, min_lr: float, warmup_steps: int, total_steps: int) -> float:
@@ -42,11 +44,13 @@ def lr_schedule(step: int, lr: float, min_lr: float, warmup_steps: int, total_st
     Cosine decay:    min_lr + (lr - min_lr) * (1 + cos(pi * r)) / 2,
                      r = (step - warmup_steps) / (total_steps - warmup_steps) in [0, 1]
     """
+    # BEGIN SOLUTION
     if step < warmup_steps:
         return lr * (step + 1) / warmup_steps
     span = max(1, total_steps - warmup_steps)
     r = min(1.0, (step - warmup_steps) / span)
     return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * r))
+    # END SOLUTION
 
 
 def apply_masks(arrays: dict, masks: dict, optimizer=None) -> None:
@@ -84,6 +88,7 @@ class AdamW:
 
     def step(self, grads: dict, lr=None):
         """One update of every parameter, in place."""
+        # BEGIN SOLUTION
         lr = self.lr if lr is None else lr
         b1, b2 = self.betas
         self.t += 1
@@ -100,6 +105,7 @@ class AdamW:
             if self.weight_decay and decays(name, p):
                 update = update + self.weight_decay * p
             p -= lr * update
+        # END SOLUTION
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         out = {f"optimizer.m.{k}": a for k, a in self.m.items()}

@@ -55,6 +55,7 @@ def distill_forward(student_logits, teacher_logits, targets, temperature=2.0, al
 
     alpha = 1 needs no targets (pure soft targets); targets may then be None.
     """
+    # BEGIN SOLUTION
     check_distill_args(temperature, alpha)
     s_shape = np.shape(student_logits)
     if np.shape(teacher_logits) != s_shape:
@@ -84,10 +85,12 @@ def distill_forward(student_logits, teacher_logits, targets, temperature=2.0, al
     cache = (p, q, logp, logq, kl, logs, y, T, float(alpha), bool(reverse), s_shape,
              np.asarray(student_logits).dtype)
     return float(loss), cache
+    # END SOLUTION
 
 
 def distill_backward(dloss, cache):
     """dL/d(student logits), shaped and typed like the student logits."""
+    # BEGIN SOLUTION
     p, q, logp, logq, kl, logs, y, T, alpha, reverse, shape, dtype = cache
     N = p.shape[0]
     if reverse:
@@ -100,6 +103,7 @@ def distill_backward(dloss, cache):
         ds = ds + (1.0 - alpha) * hard
     ds *= dloss / N
     return ds.reshape(shape).astype(dtype, copy=False)
+    # END SOLUTION
 
 
 def soft_targets(teacher_logits, temperature):

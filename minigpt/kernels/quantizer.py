@@ -56,6 +56,7 @@ def int_range(bits: int, symmetric: bool) -> tuple[int, int]:
 def scale_zero_point(lo, hi, bits: int, symmetric: bool, dtype=None):
     """(s, z) for the ranges [lo, hi] (arrays of any one shape): the formulas above.
     s has dtype (default: lo's float dtype), z is int32 (0 when symmetric)."""
+    # BEGIN SOLUTION
     q_min, q_max = int_range(bits, symmetric)
     lo, hi = np.asarray(lo), np.asarray(hi)
     dtype = np.dtype(dtype or (lo.dtype if lo.dtype.kind == "f" else np.float64))
@@ -71,6 +72,7 @@ def scale_zero_point(lo, hi, bits: int, symmetric: bool, dtype=None):
     else:
         z = np.clip(q_min - np.rint(lo / s), q_min, q_max).astype(np.int32)  # in range already: lo <= 0 <= hi
     return s, z
+    # END SOLUTION
 
 
 def _check_layout(shape, axis, group, group_axis):
@@ -92,6 +94,7 @@ def _grouped(x, group, group_axis):
 def slice_min_max(x, axis=None, group=None, group_axis=0):
     """(lo, hi): min and max of each slice that shares a scale, in the parameter
     shape of the module docstring (() per tensor, (n_a,) per channel, ...)."""
+    # BEGIN SOLUTION
     x = np.asarray(x)
     _check_layout(x.shape, axis, group, group_axis)
     if group is not None:
@@ -101,10 +104,12 @@ def slice_min_max(x, axis=None, group=None, group_axis=0):
         return x.min(), x.max()
     others = tuple(i for i in range(x.ndim) if i != axis % x.ndim)
     return x.min(axis=others), x.max(axis=others)
+    # END SOLUTION
 
 
 def expand(p, shape, axis=None, group=None, group_axis=0):
     """A per-slice parameter p (scale, zero point, clip range) broadcast to `shape`."""
+    # BEGIN SOLUTION
     p = np.asarray(p)
     if group is not None:
         return np.repeat(p, group, axis=group_axis)
@@ -112,6 +117,7 @@ def expand(p, shape, axis=None, group=None, group_axis=0):
         return p
     a = axis % len(shape)
     return p.reshape((1,) * a + (-1,) + (1,) * (len(shape) - a - 1))
+    # END SOLUTION
 
 
 def _int_dtype(q_min):
@@ -121,14 +127,18 @@ def _int_dtype(q_min):
 def quantize(x, s, z, q_min, q_max):
     """q = clamp(round(x / s) + z, q_min, q_max); s, z broadcast against x.
     int8 for a signed range, uint8 for an unsigned one."""
+    # BEGIN SOLUTION
     q = np.clip(np.rint(x / s) + z, q_min, q_max)
     return q.astype(_int_dtype(q_min))
+    # END SOLUTION
 
 
 def dequantize(q, s, z):
     """x_hat = (q - z) s, in s's dtype."""
+    # BEGIN SOLUTION
     s = np.asarray(s)
     return (q.astype(np.int32) - z).astype(s.dtype) * s
+    # END SOLUTION
 
 
 def fake_quantize(x, s, z, q_min, q_max):
@@ -136,11 +146,13 @@ def fake_quantize(x, s, z, q_min, q_max):
     dtype, without leaving floats, and inside = the unclamped integer round(x/s) + z
     lies in [q_min, q_max] (boundaries included): where the straight-through
     estimator passes the gradient."""
+    # BEGIN SOLUTION
     x = np.asarray(x)
     v = np.rint(x / s) + z  # the integer before the clamp, held in a float
     inside = (v >= q_min) & (v <= q_max)
     x_hat = ((np.clip(v, q_min, q_max) - z) * s).astype(x.dtype)
     return x_hat, inside
+    # END SOLUTION
 
 
 @dataclass(frozen=True)

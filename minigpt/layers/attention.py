@@ -25,6 +25,7 @@ import numpy as np
 
 def causal_attention_forward(q, k, v):
     """out = softmax(q k^T / sqrt(D) + causal mask) v, with cache for backward."""
+    # BEGIN SOLUTION
     T_q, D = q.shape[-2], q.shape[-1]
     T_k = k.shape[-2]
     scale = 1.0 / math.sqrt(D)
@@ -37,6 +38,7 @@ def causal_attention_forward(q, k, v):
     p /= p.sum(axis=-1, keepdims=True)  # (B, H, T_q, T_k)
     out = p @ v  # (B, H, T_q, D)
     return out, (q, k, v, p, scale)
+    # END SOLUTION
 
 
 def causal_attention_backward(dout, cache):
@@ -47,6 +49,7 @@ def causal_attention_backward(dout, cache):
       (masked entries have P = 0, so they get no gradient)
     S = Q K^T * scale         ->  dQ = dS K * scale,  dK = dS^T Q * scale
     """
+    # BEGIN SOLUTION
     q, k, v, p, scale = cache
     dv = p.swapaxes(-1, -2) @ dout  # (B, H, T_k, D)
     dp = dout @ v.swapaxes(-1, -2)  # (B, H, T_q, T_k)
@@ -54,6 +57,7 @@ def causal_attention_backward(dout, cache):
     dq = (ds @ k) * scale  # (B, H, T_q, D)
     dk = (ds.swapaxes(-1, -2) @ q) * scale  # (B, H, T_k, D)
     return dq, dk, dv
+    # END SOLUTION
 
 
 def split_heads(x, n_head):

@@ -11,6 +11,7 @@ LN_EPS = 1e-5
 
 
 def layernorm_forward(x, gamma, beta, eps=LN_EPS):
+    # BEGIN SOLUTION
     mu = x.mean(axis=-1, keepdims=True)  # (..., 1)
     xc = x - mu  # (..., C)
     var = (xc * xc).mean(axis=-1, keepdims=True)  # (..., 1)
@@ -18,6 +19,7 @@ def layernorm_forward(x, gamma, beta, eps=LN_EPS):
     xhat = xc * rstd  # (..., C)
     out = xhat * gamma + beta
     return out, (xhat, rstd, gamma)
+    # END SOLUTION
 
 
 def layernorm_backward(dout, cache):
@@ -32,6 +34,7 @@ def layernorm_backward(dout, cache):
          = rstd * (dxhat_i - mean(dxhat) - xhat_i * mean(dxhat * xhat)),
     exact, with no use of sum(xhat^2) = C.
     """
+    # BEGIN SOLUTION
     xhat, rstd, gamma = cache
     C = xhat.shape[-1]
     dgamma = (dout * xhat).reshape(-1, C).sum(axis=0)
@@ -43,3 +46,4 @@ def layernorm_backward(dout, cache):
         - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True)
     )
     return dx, dgamma, dbeta
+    # END SOLUTION

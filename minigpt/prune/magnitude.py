@@ -43,6 +43,7 @@ def prune_by_scores(scores: dict, fraction, masks: dict | None = None, scope="te
     of="all": prune until that fraction of each group is pruned (a target
     sparsity, as a schedule gives; nothing is ever revived).
     """
+    # BEGIN SOLUTION
     a = check_fraction(fraction)
     if of not in ("alive", "all"):
         raise PruneError(f"of must be 'alive' or 'all', got {of!r}")
@@ -72,6 +73,7 @@ def prune_by_scores(scores: dict, fraction, masks: dict | None = None, scope="te
         s, m = scores[n].reshape(groups), alive[n].reshape(groups)
         out[n] = prune_smallest(s, m, prune_counts(m, a, of)).reshape(shape)
     return _merged(masks, out)
+    # END SOLUTION
 
 
 def _merged(old: dict | None, new: dict) -> dict:

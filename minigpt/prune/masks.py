@@ -136,11 +136,13 @@ def prune_counts(alive: np.ndarray, fraction: float, of="alive") -> np.ndarray:
     of="alive": round(fraction x the column's alive count);
     of="all": enough that round(fraction x n) of the column are pruned in
     all (0 if that many already are)."""
+    # BEGIN SOLUTION
     n_alive = alive.sum(axis=0)  # (k,)
     if of == "alive":
         return np.array([count(fraction, int(a)) for a in n_alive], dtype=np.int64)
     target = count(fraction, alive.shape[0])
     return np.maximum(0, target - (alive.shape[0] - n_alive)).astype(np.int64)
+    # END SOLUTION
 
 
 def prune_smallest(scores: np.ndarray, alive: np.ndarray, k: np.ndarray) -> np.ndarray:
@@ -151,6 +153,7 @@ def prune_smallest(scores: np.ndarray, alive: np.ndarray, k: np.ndarray) -> np.n
     Pruned entries sort first (score -inf), so "the next k" are the k
     smallest alive scores whatever the dead entries' scores were.
     """
+    # BEGIN SOLUTION
     s = np.where(alive, scores.astype(np.float64), -np.inf)  # (n, k)
     n_dead = (~alive).sum(axis=0)  # (k,)
     order = np.argsort(s, axis=0, kind="stable")  # (n, k): row indices, smallest first
@@ -158,3 +161,4 @@ def prune_smallest(scores: np.ndarray, alive: np.ndarray, k: np.ndarray) -> np.n
     pruned = np.empty_like(alive)
     np.put_along_axis(pruned, order, pruned_sorted, axis=0)
     return ~pruned
+    # END SOLUTION

@@ -33,6 +33,7 @@ def check_nm(n: int, m: int) -> None:
 
 def nm_group_mask(scores: np.ndarray, alive: np.ndarray, n: int, m: int) -> np.ndarray:
     """The N:M alive mask of one (K, out) score array (K divisible by m)."""
+    # BEGIN SOLUTION
     K = scores.shape[0]
     rest = scores.shape[1:]
 
@@ -43,6 +44,7 @@ def nm_group_mask(scores: np.ndarray, alive: np.ndarray, n: int, m: int) -> np.n
     k = np.maximum(0, (m - n) - (m - a.sum(axis=0)))  # prune up to M - N per group, dead ones count
     kept = prune_smallest(s, a, k)  # (m, groups)
     return np.moveaxis(kept.reshape(m, K // m, *rest), 0, 1).reshape(scores.shape)
+    # END SOLUTION
 
 
 def nm_masks(params: dict, n=2, m=4, names=None, masks=None, scores=None) -> dict:

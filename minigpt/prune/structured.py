@@ -46,6 +46,7 @@ def head_importance(model, batches) -> list[np.ndarray]:
     """[I (H_i,) for each block]: the mean over batches (x, y) of |dL/dg|,
     L each batch's mean cross-entropy, g the head gates (1 where absent).
     The model's parameters are not changed."""
+    # BEGIN SOLUTION
     from ..model import add_head_gates
 
     params, training = model.params, model.training
@@ -64,6 +65,7 @@ def head_importance(model, batches) -> list[np.ndarray]:
     if n == 0:
         raise PruneError("head importance needs at least one calibration batch")
     return [t / n for t in total]
+    # END SOLUTION
 
 
 def neuron_importance(model, batches) -> list[np.ndarray]:
