@@ -195,7 +195,10 @@ def _resume(args):
 
     ckpt = load_checkpoint(args.resume, backend=args.backend)
     if ckpt.train_config is None or ckpt.optimizer_state is None:
-        raise MinigptError(f"{args.resume} holds no training state to resume from")
+        from .compose import why_not_resumable
+
+        raise MinigptError(why_not_resumable(args.resume, ckpt.model.params)
+                           or f"{args.resume} holds no training state to resume from")
     conflicts = _resume_conflicts(args, ckpt)
     if conflicts:
         raise MinigptError(f"--resume {args.resume} continues the checkpoint's own model; these options "
@@ -265,8 +268,13 @@ def cmd_train(args):
           f"{c.n_embd} wide, block {c.block_size}, vocab {c.vocab_size}), corpus {source} "
           f"({len(text):,} chars), backend {model.backend}", file=sys.stderr)
     log = (lambda line: print(line, flush=True)) if args.no_progress else None
+    meta = {"corpus": source}
+    if ckpt is not None and ckpt.meta.get("provenance"):  # a distilled / pruned model fine-tuned further
+        from .compose import with_step
+
+        meta["provenance"] = with_step(ckpt.meta, ckpt.step, f"train --resume {args.resume} to step {tcfg.steps}")
     result = train(model, dataset, tcfg, out=out, resume=ckpt, progress=not args.no_progress, log=log,
-                   extra_meta={"corpus": source})
+                   extra_meta=meta)
     print(f"{_summary(result, _unit(tokenizer))}; wrote {out}")
     if result.interrupted:  # Ctrl-C: saved, but the run did not finish, as the shell's 128 + SIGINT says
         print("minigpt: interrupted; continue with minigpt train --resume " + str(out), file=sys.stderr)
@@ -313,6 +321,9 @@ def cmd_eval(args):
     unit = _unit(model.tokenizer)
     print(f"{args.split} loss {loss:.4f}  bits/{unit} {loss / math.log(2):.4f}  "
           f"(step {ckpt.step}, corpus {source})")
+    from .compose import describe_lineage
+
+    print(f"made by: {describe_lineage(ckpt.meta, ckpt.step)}")
     return 0
 
 

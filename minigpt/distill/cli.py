@@ -95,6 +95,7 @@ def _train_config(ckpt, args):
 
 def cmd_distill(args):
     from ..cli import _check_writable, checkpoint_dataset
+    from ..compose import with_step
     from ..model import load_checkpoint
     from ..prune.cli import generation_speeds, param_bytes
     from ..train import evaluate
@@ -120,7 +121,10 @@ def cmd_distill(args):
                                             "reverse_kl": args.reverse_kl, "steps": args.steps,
                                             "hidden": None if hidden is None else
                                             {"pairs": {str(k): v for k, v in hidden.pairs.items()},
-                                             "kind": hidden.kind, "weight": hidden.weight}}}
+                                             "kind": hidden.kind, "weight": hidden.weight}},
+            "provenance": with_step(ckpt.meta, ckpt.step, f"distill {args.n_layer} x {args.n_embd} x {args.n_head} "
+                                                          f"heads from {args.teacher} ({args.steps} steps, init "
+                                                          f"{args.init}, T {args.temperature:g}, alpha {args.alpha:g})")}
     print(f"minigpt: distilling into {args.n_layer} block{'s' * (args.n_layer != 1)} x {args.n_embd} wide x "
           f"{args.n_head} head{'s' * (args.n_head != 1)} "
           f"(init {args.init}: {summarize(report)}), T {args.temperature:g}, alpha {args.alpha:g}, "

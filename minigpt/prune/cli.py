@@ -224,6 +224,9 @@ def cmd_prune(args):
     ckpt = load_checkpoint(args.checkpoint, backend=args.backend)
     model = ckpt.model
     from ..cli import _check_writable, checkpoint_dataset
+    from ..compose import check_prunable, with_step
+
+    check_prunable(args.checkpoint, model.params, ckpt.meta)  # one line on a quantized or CSR checkpoint
 
     dataset, source = checkpoint_dataset(ckpt, args.checkpoint, args.text)
 
@@ -249,7 +252,8 @@ def cmd_prune(args):
     oneshot = evaluate(pruned, dataset, "val", 32, args.eval_batches) if method != "gradual" else None
     tcfg = _finetune_config(ckpt, args)
     meta = {"corpus": source, "pruned": {"from": str(args.checkpoint), "method": method, "sparsity": s,
-                                          "finetune_steps": args.finetune_steps}}
+                                          "finetune_steps": args.finetune_steps},
+            "provenance": with_step(ckpt.meta, ckpt.step, _step_line(args, s))}
     if args.finetune_steps:
         hooks = {}
         if method == "gradual":
@@ -279,6 +283,16 @@ def cmd_prune(args):
     before["tok/s"], after["tok/s"] = generation_speeds([model, pruned], args.bench_tokens)
     _report(args, what, before, oneshot, after, seconds)
     return 0
+
+
+def _step_line(args, s) -> str:
+    """This command as one provenance line (minigpt.compose)."""
+    amount = f"{s:.0%}" if s is not None else f"within {args.max_loss_increase:g} nats"
+    line = f"prune {args.method} {amount}" + (" with embeddings" if args.embeddings else "")
+    line += f" from {args.checkpoint}"
+    if args.finetune_steps:
+        line += f", fine-tuned {args.finetune_steps} steps with masks"
+    return line + (", stored CSR" if args.sparse_storage else "")
 
 
 def _store_sparse(model, masks, tcfg, meta, out):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..compose import with_step
 from ..errors import ConfigError, MinigptError
 from .weights import BITS, bits_per_weight, dequantize_params, is_quantizable, kind_for_bits, quantized_layers
 from .weights import quantize_params, weight_bytes
@@ -207,6 +208,13 @@ def cmd_quantize(args):
     _check_out(args.out, args.checkpoint)
     ckpt, dataset, source = _float_checkpoint(args)
     model = ckpt.model
+    if scheme["kind"] == "int4" and args.group_size is None:
+        from ..compose import default_group
+
+        scheme["group"] = default_group(model.params, DEFAULT_GROUP)
+        if scheme["group"] != DEFAULT_GROUP:  # a structurally pruned layer narrower than 32 inputs
+            print(f"minigpt: groups of {scheme['group']} (the largest size up to {DEFAULT_GROUP} that divides "
+                  f"every layer's input width)", file=sys.stderr)
     params = _quantized_params(model, dataset, scheme, args)
     qmodel = GPT(model.config, params=params, backend=model.backend, tokenizer=model.tokenizer)
     print(f"minigpt: {args.checkpoint} -> {describe(scheme)}{_method_note(args)}; "
@@ -219,6 +227,8 @@ def cmd_quantize(args):
     meta = {k: v for k, v in ckpt.meta.items() if k in ("corpus", "history")}
     meta["quantization"] = {**scheme, "method": args.method, "smooth": args.smooth, "source": str(args.checkpoint),
                             "float_val_loss": rows[0][1], "val_loss": rows[1][1]}
+    meta["provenance"] = with_step(ckpt.meta, ckpt.step, f"quantize {describe(scheme)}{_method_note(args)} "
+                                                         f"from {args.checkpoint}")
     qmodel.save(args.out, step=ckpt.step, train_config=ckpt.train_config, extra=meta)
     print(f"wrote {args.out}")
     return 0
@@ -226,11 +236,11 @@ def cmd_quantize(args):
 
 def _float_checkpoint(args):
     """(checkpoint, its corpus as a Dataset, the corpus's source) of a float checkpoint with a vocabulary."""
+    from ..compose import check_quantizable
     from ..model import load_checkpoint
 
     ckpt = load_checkpoint(args.checkpoint, backend=args.backend)
-    if quantized_layers(ckpt.model.params):
-        raise MinigptError(f"{args.checkpoint} is quantized already; quantize the float checkpoint it came from")
+    check_quantizable(args.checkpoint, ckpt.model.params, ckpt.meta)  # quantized already, or CSR
     if ckpt.model.tokenizer is None:
         raise MinigptError(f"{args.checkpoint} has no vocabulary, so its validation text cannot be encoded")
     dataset, source = _corpus(ckpt, None)
@@ -261,6 +271,8 @@ def cmd_quantize_kmeans(args):
     meta = {k: v for k, v in ckpt.meta.items() if k in ("corpus", "history")}
     meta["quantization"] = {**scheme, "method": "kmeans", "centroid_steps": steps, "source": str(args.checkpoint),
                             "float_val_loss": rows[0][1], "val_loss": rows[1][1]}
+    meta["provenance"] = with_step(ckpt.meta, ckpt.step, f"quantize {describe(scheme)}, {steps} centroid steps "
+                                                         f"from {args.checkpoint}")
     qmodel.save(args.out, step=ckpt.step, train_config=ckpt.train_config, extra=meta)
     print(f"wrote {args.out}")
     return 0
@@ -377,15 +389,19 @@ def scheme_of(params) -> dict:
         return {"kind": kind, "bits": qmax.bit_length() + 1, "group": None}
     from ..kernels.int_matmul_ref import unpack_int4
 
-    groups, qmax = set(), 0
+    groups, whole, qmax = set(), True, 0
     for layer in layers:
         g = int(params[f"{layer}.weight.group"])
         packed = params[f"{layer}.weight.int4"]
-        groups.add(None if g == 2 * packed.shape[0] else g)
+        groups.add(g)
+        whole &= g == 2 * packed.shape[0]  # one group a column: per channel
         qmax = max(qmax, int(np.abs(unpack_int4(packed, g).astype(np.int16)).max()))
-    if len(groups) != 1:
-        raise ConfigError(f"the layers mix group sizes {sorted(groups, key=str)}")
-    return {"kind": kind, "bits": qmax.bit_length() + 1, "group": groups.pop()}
+    # groups of G on a layer only G inputs wide are also "per channel", so one G
+    # for every layer is a group size even where it spans whole columns
+    if len(groups) != 1 and not whole:
+        raise ConfigError(f"the layers mix group sizes {sorted(groups)}")
+    group = None if whole else groups.pop()
+    return {"kind": kind, "bits": qmax.bit_length() + 1, "group": group}
 
 
 def _qat_config(args, base):
@@ -443,6 +459,8 @@ def cmd_train_qat(args):
     after = evaluate(trained, dataset, "val", tcfg.batch_size, tcfg.eval_batches)
     meta = {k: v for k, v in ckpt.meta.items() if k in ("corpus", "quantization")}
     meta["qat"] = {"steps": result.step, "lr": tcfg.lr, "val_loss_before": before, "val_loss_after": after}
+    meta["provenance"] = with_step(ckpt.meta, ckpt.step, f"QAT {result.step} steps at lr {tcfg.lr:g} "
+                                                         f"from {args.resume}")
     trained.save(out, step=ckpt.step, train_config=ckpt.train_config, extra=meta)
     state = "interrupted at" if result.interrupted else "finished"
     print(f"{state} step {result.step} of quantization-aware training: val loss {before:.4f} -> {after:.4f} "
