@@ -15,12 +15,15 @@ SHAPES = [(1, 1, 1), (3, 5, 7), (1, 64, 6), (5, 32, 300), (17, 96, 12)]
 FTOL = {np.float32: 1e-5, np.float64: 1e-13}
 
 
-@pytest.fixture(params=["vnni", "portable"])
+@pytest.fixture(params=["vnni tiles", "vnni dots", "portable"])
 def int8_path(request, monkeypatch):
-    """Run an int8 x int8 test through the VNNI kernel (where the CPU has it) and the portable one."""
-    if request.param == "vnni" and not HAS_VNNI:
+    """Run an int8 x int8 test through each kernel: VNNI's packed register tiles (forced for every M),
+    VNNI's dot products (forced for every M), both where the CPU has VNNI, and the portable one."""
+    vnni = request.param.startswith("vnni")
+    if vnni and not HAS_VNNI:
         pytest.skip("this CPU has no AVX-512 VNNI")
-    monkeypatch.setattr(K, "USE_VNNI", request.param == "vnni")
+    monkeypatch.setattr(K, "USE_VNNI", vnni)
+    monkeypatch.setattr(K, "GEMM_MIN_ROWS", 1 if request.param == "vnni tiles" else 10**9)
     return request.param
 
 
@@ -28,7 +31,9 @@ def _int8(rng, shape):
     return rng.integers(-128, 128, shape).astype(np.int8)
 
 
-@pytest.mark.parametrize("shape", SHAPES + [(3, 64, 8), (2, 200, 9)])  # K = one VNNI step, and 3 + a tail
+# K = one VNNI step, and 3 + a tail; the tiles: M past one MR = 6 row tile and not a multiple of it,
+# N past one 64-channel panel and not a multiple of 16, K not a multiple of 4
+@pytest.mark.parametrize("shape", SHAPES + [(3, 64, 8), (2, 200, 9), (13, 37, 150), (64, 256, 64)])
 def test_int8_int32_is_exact(shape, int8_path):
     M, Kd, N = shape
     rng = np.random.default_rng(0)
@@ -63,6 +68,37 @@ def test_int8_rescaled_matches_reference(shape, dtype, int8_path):
     np.testing.assert_array_equal(got, R.int8_matmul_ref(a_q, a_s, w_q, w_s))
     # and the whole thing approximates the float product to int8 precision
     np.testing.assert_allclose(K.quantized_linear_int8(x, w_q, w_s), x @ w, atol=0.05 * np.sqrt(Kd))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES + [(13, 37, 150), (40, 64, 70)])
+def test_w8a8_from_float_is_the_reference_exactly(shape, dtype, int8_path):
+    # the fused per-token quantization (tiles path) must give the same integers and
+    # scales as quantize_per_row, so the whole product is bit-for-bit the reference's
+    M, Kd, N = shape
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((M, Kd)).astype(dtype)
+    x[0, : min(Kd, 3)] = [0.5, -0.5, 1.5][: min(Kd, 3)]  # halves: round half to even
+    if M > 2:
+        x[2] = 0  # an all-zero token gets scale 1
+    w_q, w_s = R.quantize_per_channel(rng.standard_normal((Kd, N)).astype(dtype))
+    got = K.quantized_linear_int8(x, w_q, w_s)
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, R.w8a8_matmul_ref(x, w_q, w_s))
+
+
+@pytest.mark.skipif(not HAS_VNNI, reason="the tile layout is the VNNI kernel's")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_quantizer_writes_the_tiles(dtype):
+    M, Kd = 8, 10  # both padded: 12 rows, 12 bytes a row
+    rng = np.random.default_rng(6)
+    x = (rng.standard_normal((M, Kd)) * 3).astype(dtype)
+    a4, scale = K._packed_activations(M, Kd), np.empty(M, dtype=dtype)
+    K._quantize_rows_u8(x, a4, scale, dtype(127))
+    q, s = R.quantize_per_row(x)
+    np.testing.assert_array_equal(scale, s)
+    rows = a4.transpose(0, 2, 1, 3).reshape(a4.shape[0] * a4.shape[2], -1)  # back to (Mp, 4 K4)
+    np.testing.assert_array_equal(rows[:M, :Kd].astype(np.int16) - 128, q)  # padding: zero weights meet it
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

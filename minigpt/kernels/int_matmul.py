@@ -38,6 +38,10 @@ ROWS = 4  # int4 task: rows of x sharing each unpacked weight
 # ... times this many output columns: 256 for batches; for a decoding row,
 # N / threads (at least 64), so each thread gets one long run of columns
 TILE_BATCH, TILE_ROW = 256, 64
+# int8 x int8 with VNNI: from this many rows, pack the weights into panels for the
+# register-blocked tiles (vnni.gemm_tile_u8s8); below, the dot-product kernel (packing
+# N K bytes per call costs about as much as 4-8 rows of products)
+GEMM_MIN_ROWS = 16
 
 
 @njit(cache=True, inline="always")
@@ -116,12 +120,119 @@ def _int8_kernel_vnni(a_u, w, out):
                     out[i, jj] = s
 
 
-def _int32_products(a_q, w_q, out):
-    """out = a_q @ w_q^T in int32 (or exactly converted to out's float dtype), VNNI when available."""
+@njit(parallel=True, cache=True)
+def _quantize_rows_u8(x, a4, scale, qmax):
+    """Dynamic per-row int8 quantization, fused with the packing of the VNNI tiles:
+    scale[i] = max|x[i]| / qmax (1 if 0) and q[i, k] = clip(rint(x[i, k] / scale[i]), -qmax, qmax),
+    exactly int_matmul_ref.quantize_per_row (the quotient is rounded to x's dtype first: `tmp`);
+    q + 128 goes to a4[i // MR, k // 4, i % MR, k % 4] (uint8), vnni.gemm_tile_u8s8's layout."""
+    M, K = x.shape
+    for i in prange(M):
+        xi = x[i]
+        m = abs(xi[0])
+        for k in range(1, K):
+            m = max(m, abs(xi[k]))
+        scale[i] = m / qmax  # the store rounds to x's dtype, as the reference's division does
+        if not scale[i] > 0:
+            scale[i] = 1
+        s = scale[i]
+        tmp = np.empty(K, dtype=x.dtype)
+        for k in range(K):
+            tmp[k] = xi[k] / s
+        row = np.zeros(4 * a4.shape[1], dtype=np.uint8)  # the row padded to 4 K4 bytes
+        for k in range(K):
+            q = min(max(np.rint(tmp[k]), -qmax), qmax)
+            row[k] = np.uint8(np.int32(q) + 128)
+        a4[i // vnni.MR, :, i % vnni.MR, :] = row.reshape(a4.shape[1], 4)  # (K4, 4)
+
+
+def _packed_activations(M, K):
+    """Room for M rows of K uint8 in the tile layout (M and K rounded up to MR and 4; the padding
+    rows are multiplied and thrown away, the padding k meet zero weights)."""
+    return np.empty((-(-M // vnni.MR), -(-K // 4), vnni.MR, 4), dtype=np.uint8)
+
+
+@njit(parallel=True, cache=True)
+def _int8_gemm_vnni(a4, w, w32, out, a_scale, w_scale, scaled):
+    """out[m, n] = sum_k (a_u[m, k] - 128) w[n, k], then (* a_scale[m]) * w_scale[n] if scaled.
+
+    a4: a_u (uint8, a + 128) packed by _packed_activations' layout;
+    w (N, 4 K4) int8 and w32 (N, K4) int32, the same weight rows viewed 4 bytes at a time. One task per panel of
+    NR * 16 channels: pack it (vnni.gemm_tile_u8s8's layout), then run every MR rows through it.
+    """
+    M, N = out.shape
+    K4 = w32.shape[1]
+    NB = vnni.NR * 16
+    for p in prange((N + NB - 1) // NB):
+        j0 = p * NB
+        nb = min(NB, N - j0)
+        panel = np.zeros(K4 * NB, dtype=np.int32)  # channels past N stay 0
+        colsum = np.zeros(NB, dtype=np.int32)  # 128 sum_k w[n, k]: what a_u's +128 adds
+        for c in range(nb):
+            wr = w32[j0 + c]
+            for k in range(K4):
+                panel[k * NB + c] = wr[k]
+            wb = w[j0 + c]
+            cs = int32(0)
+            for k in range(4 * K4):
+                cs += int32(wb[k])
+            colsum[c] = cs
+        for c in range(nb):
+            colsum[c] *= 128
+        tile = np.empty((vnni.MR, NB), dtype=np.int32)
+        ws = w_scale[j0:j0 + nb] if scaled else w_scale[:0]
+        for i0 in range(0, M, vnni.MR):
+            vnni.gemm_tile_u8s8(a4, i0 * K4 * 4, panel, K4, tile)
+            for r in range(min(vnni.MR, M - i0)):
+                orow = out[i0 + r, j0:j0 + nb]
+                trow = tile[r]
+                for c in range(nb):
+                    orow[c] = trow[c] - colsum[c]  # to out's dtype: exact, or rounded as astype rounds
+                if scaled:  # in out's dtype and the reference's order
+                    s = a_scale[i0 + r]
+                    for c in range(nb):
+                        orow[c] = (orow[c] * s) * ws[c]
+
+
+def _use_gemm(M):
+    """The packed VNNI tiles for a batch; a few rows go through the dot products (no packing to pay)."""
+    return USE_VNNI and M >= GEMM_MIN_ROWS
+
+
+def _weight_words(w_q):
+    """(w, w32): the int8 rows padded with zeros to a multiple of 4 bytes, and the same bytes as int32."""
+    pad = -w_q.shape[1] % 4
+    if pad:
+        w_q = np.pad(w_q, ((0, 0), (0, pad)))
+    return w_q, w_q.view(np.int32)
+
+
+def _pack_int8_rows(a_q):
+    """a_q (M, K) int8 -> a + 128 in the tile layout of _packed_activations."""
+    M, K = a_q.shape
+    a4 = _packed_activations(M, K)
+    Mb, K4 = a4.shape[:2]
+    u = np.zeros((Mb * vnni.MR, 4 * K4), dtype=np.uint8)
+    u[:M, :K] = a_q.view(np.uint8) ^ np.uint8(0x80)  # a + 128 as uint8
+    a4[...] = u.reshape(Mb, vnni.MR, K4, 4).transpose(0, 2, 1, 3)
+    return a4
+
+
+def _int32_products(a_q, w_q, out, a_scale=None, w_scale=None):
+    """out = a_q @ w_q^T in int32 (or exactly converted to out's float dtype), then
+    (* a_scale[m]) * w_scale[n] if the scales are given; VNNI when available."""
+    if _use_gemm(a_q.shape[0]):
+        scaled = a_scale is not None
+        one = np.ones(1, dtype=out.dtype)
+        _int8_gemm_vnni(_pack_int8_rows(a_q), *_weight_words(w_q), out, a_scale if scaled else one,
+                        w_scale if scaled else one, scaled)
+        return
     if USE_VNNI:
         _int8_kernel_vnni(a_q.view(np.uint8) ^ np.uint8(0x80), w_q, out)  # a + 128 as uint8
     else:
         _int8_kernel(a_q, w_q, out)
+    if a_scale is not None:
+        _rescale(out, a_scale, w_scale)
 
 
 @njit(parallel=True, cache=True)
@@ -237,8 +348,7 @@ def int8_matmul(a_q, a_scale, w_q, w_scale):
     # i.e. K < 1040 at full int8 range; beyond that it rounds as acc.astype(float32) does.
     out = np.empty((a_q.shape[0], w_q.shape[0]), dtype=a_scale.dtype)
     with threads_for(out.size * a_q.shape[1]):
-        _int32_products(a_q, w_q, out)
-        _rescale(out, a_scale, w_scale)
+        _int32_products(a_q, w_q, out, a_scale, w_scale)
     return out
 
 
@@ -269,6 +379,18 @@ def int4_weight_matmul(x, packed, scales, group):
 
 
 def quantized_linear_int8(x, w_q, w_scale):
-    """y = x @ W with W quantized per channel AND x quantized per row on the fly (product 1)."""
-    a_q, a_scale = ref.quantize_per_row(x)
-    return int8_matmul(a_q, a_scale, w_q, w_scale)
+    """y = x @ W with W quantized per channel AND x quantized per row on the fly (product 1):
+    exactly w8a8_matmul_ref. For a batch on a VNNI CPU the quantization writes the tiles directly."""
+    x = _as_rows(x)
+    if not _use_gemm(x.shape[0]) or x.dtype.kind != "f":
+        a_q, a_scale = ref.quantize_per_row(x)
+        return int8_matmul(a_q, a_scale, w_q, w_scale)
+    w_q = _as_rows(w_q, np.int8)
+    _check_k(x, w_q, w_q.shape[1])
+    M, K = x.shape
+    out = np.empty((M, w_q.shape[0]), dtype=x.dtype)
+    a4, a_scale = _packed_activations(M, K), np.empty(M, dtype=x.dtype)
+    with threads_for(out.size * K):
+        _quantize_rows_u8(x, a4, a_scale, x.dtype.type(127))
+        _int8_gemm_vnni(a4, *_weight_words(w_q), out, a_scale, np.ascontiguousarray(w_scale, dtype=x.dtype), True)
+    return out

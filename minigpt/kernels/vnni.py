@@ -70,3 +70,71 @@ def dot4_u8s8(typingctx, a, w, j, k_end):
         return context.make_tuple(builder, signature.return_type, sums)
 
     return sig, codegen
+
+
+# ---------------------------------------------------------------- GEMM tile
+# A register-blocked micro-kernel for batches (M rows of activations):
+# MR activation rows x NR zmm of 16 output channels = MR * NR accumulators,
+# each holding 16 int32 sums of ONE row against 16 channels, so nothing is
+# reduced horizontally. The weights are first packed (by the caller, per
+# panel of NR * 16 channels) so that one 64-byte load holds 4 consecutive k
+# of 16 channels: panel[k4, c, 0:4] = w[j0 + c, 4 k4 : 4 k4 + 4]. Per step of
+# 4 k: NR weight loads, MR 4-byte broadcasts of the activations, MR * NR
+# vpdpbusd; each weight load is used MR times and each broadcast NR times.
+MR, NR = 6, 4  # 24 accumulators + 4 weight registers + a broadcast: within the 32 zmm
+
+
+@intrinsic
+def gemm_tile_u8s8(typingctx, a, a_at, panel, k4, c):
+    """c[r, :] = sum over k4 steps of the activations' 4 bytes x the panel's columns, r < MR: int32 sums.
+
+    a: uint8 array holding packed activations: MR rows interleaved 4 bytes at a
+    time, a[a_at + MR * 4 k4 + 4 r : + 4] = row r's bytes 4 k4 .. 4 k4 + 3
+    (one contiguous stream per tile); panel: the packed layout above for
+    NR * 16 channels (any array type: only its bytes are read);
+    c: 2-D int32 C-contiguous (MR, NR * 16), overwritten.
+    """
+    sig = types.void(a, a_at, panel, k4, c)
+
+    def codegen(context, builder, signature, args):
+        a_arr = context.make_array(signature.args[0])(context, builder, args[0])
+        p_arr = context.make_array(signature.args[2])(context, builder, args[2])
+        c_arr = context.make_array(signature.args[4])(context, builder, args[4])
+        at_val = context.cast(builder, args[1], signature.args[1], types.intp)
+        k4_val = context.cast(builder, args[3], signature.args[3], types.intp)
+        intp = context.get_value_type(types.intp)
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        v16 = ir.VectorType(i32, 16)
+        c_stride = builder.extract_value(c_arr.strides, 0)
+        a_base, p_base, c_base = (builder.bitcast(arr.data, i8p) for arr in (a_arr, p_arr, c_arr))
+        a_tile = builder.gep(a_base, [at_val])
+        dpbusd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v16, v16, v16]),
+                                                "llvm.x86.avx512.vpdpbusd.512")
+        accs = [[cgutils.alloca_once_value(builder, ir.Constant(v16, None)) for _ in range(NR)] for _ in range(MR)]
+        panel_step = ir.Constant(intp, NR * 64)  # bytes of the panel per 4 k
+        zeros16 = ir.Constant(ir.VectorType(i32, 16), None)
+
+        with cgutils.for_range(builder, k4_val, intp=intp) as loop:
+            k = loop.index
+            w_at = builder.gep(p_base, [builder.mul(k, panel_step)])
+            wv = [builder.load(builder.bitcast(builder.gep(w_at, [ir.Constant(intp, 64 * n)]), v16.as_pointer()),
+                               align=1) for n in range(NR)]
+            a_at_k = builder.gep(a_tile, [builder.mul(k, ir.Constant(intp, 4 * MR))])
+            for r in range(MR):
+                a32 = builder.load(builder.bitcast(builder.gep(a_at_k, [ir.Constant(intp, 4 * r)]), i32.as_pointer()),
+                                   align=1)
+                splat = builder.shuffle_vector(builder.insert_element(ir.Constant(v16, ir.Undefined), a32,
+                                                                      ir.Constant(i32, 0)),
+                                               ir.Constant(v16, ir.Undefined), zeros16)
+                for n in range(NR):
+                    acc = accs[r][n]
+                    builder.store(builder.call(dpbusd, [builder.load(acc), splat, wv[n]]), acc)
+
+        for r in range(MR):
+            c_row = builder.gep(c_base, [builder.mul(ir.Constant(intp, r), c_stride)])
+            for n in range(NR):
+                dst = builder.bitcast(builder.gep(c_row, [ir.Constant(intp, 64 * n)]), v16.as_pointer())
+                builder.store(builder.load(accs[r][n]), dst, align=1)
+        return context.get_dummy_value()
+
+    return sig, codegen
