@@ -78,6 +78,28 @@ def cpu_cores(path="/proc/cpuinfo"):
     return len(cores) or os.cpu_count() or 1
 
 
+def machine_info():
+    """What the numbers depend on besides the CPU's name: {"simd": extensions the
+    kernels may use (LLVM compiles numba's kernels for this host), "llvm_cpu":
+    LLVM's name for the CPU, "numba_threading": numba's threading layer,
+    "blas": [the BLAS libraries NumPy loaded, with threading and kernel set],
+    "blas_threads": their thread count ("default" if unknown)}."""
+    from .kernels import threads as T
+
+    llvm_cpu, simd = T.simd_features()
+    blas = T.blas_threads()
+    counts = sorted({str(b["threads"]) for b in blas})
+    return {"simd": simd, "llvm_cpu": llvm_cpu, "numba_threading": T.numba_threading(), "blas": blas,
+            "blas_threads": "/".join(counts) or "default"}
+
+
+def _blas_text(info):
+    """ "OpenBLAS 0.3.31 pthreads, SkylakeX kernels, 2 threads" (or the thread count alone)."""
+    libs = [f"{b['library']} {b['version']} {b['threading'] or ''}".replace("openblas", "OpenBLAS").strip()
+            + (f", {b['kernels']} kernels" if b.get("kernels") else "") for b in info.get("blas") or []]
+    return f"BLAS threads {info['blas_threads']}" + (f" ({'; '.join(libs)})" if libs else "")
+
+
 def _torch():
     """The torch module if it imports, else None (torch is optional)."""
     try:
@@ -527,8 +549,7 @@ def run_bench(quick=False, sections=("attention", "int_matmul", "sparse", "struc
     threads = numba.get_num_threads()
     if torch is not None:
         torch.set_num_threads(threads)
-    blas = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") or "default"
-    info = {"cpu": cpu_model(), "cores": cpu_cores(), "threads": threads, "blas_threads": blas,
+    info = {"cpu": cpu_model(), "cores": cpu_cores(), "threads": threads, **machine_info(),
             "numpy": np.__version__, "numba": numba.__version__,
             "torch": None if torch is None else torch.__version__, "quick": quick}
     funcs = {"attention": bench_attention, "int_matmul": bench_int_matmul, "sparse": bench_sparse,
@@ -587,8 +608,10 @@ def format_table(info, rows):
     """The header line (CPU, threads, versions), then one table per section."""
     torch = info["torch"]
     threads = f"{info['threads']} thread{'s' if info['threads'] != 1 else ''}"
-    head = (f"minigpt bench on {info['cpu']}, {info['cores']} cores; {threads} for "
-            f"numba{' and torch' if torch else ''}, BLAS threads {info['blas_threads']}; numpy {info['numpy']}, "
+    simd = f" (SIMD: {', '.join(info['simd'])})" if info.get("simd") else ""
+    layer = f" ({info['numba_threading']})" if info.get("numba_threading") else ""
+    head = (f"minigpt bench on {info['cpu']}, {info['cores']} cores{simd}; {threads} for "
+            f"numba{layer}{' and torch' if torch else ''}, {_blas_text(info)}; numpy {info['numpy']}, "
             f"numba {info['numba']}, torch {torch or 'not installed'}; median of repeats, warm-up excluded"
             + ("; --quick" if info.get("quick") else ""))
     lines = [head]
@@ -615,4 +638,7 @@ def register(sub):
                                    "each as speed-ups over one named baseline.")
     p.add_argument("--quick", action="store_true", help="fewer sizes and repeats (under a minute)")
     p.add_argument("--json", metavar="FILE", help="also write the numbers to FILE as JSON")
+    from .cli import add_threads_option
+
+    add_threads_option(p)
     p.set_defaults(func=cmd_bench)

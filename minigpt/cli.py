@@ -38,6 +38,22 @@ def _shape_default(name):
 BACKEND_HELP = "kernels: numpy (the reference) | numba (default: numba)"
 
 
+def add_threads_option(p):
+    """--threads N: one budget for numba's kernels and BLAS (applied in main())."""
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="threads for numba's kernels and for BLAS together (default: each library's own, all cores)")
+
+
+def _apply_threads(n):
+    if n is None:
+        return
+    from .kernels.threads import max_threads, set_threads  # loads numba: only when asked
+
+    if not 1 <= n <= max_threads():
+        raise MinigptError(f"--threads must be between 1 and {max_threads()} (this machine's numba pool), got {n}")
+    set_threads(n)
+
+
 def _add_train(sub):
     p = sub.add_parser("train", help="train a model (default: the tiny preset on the embedded corpus)",
                        description="Train a GPT on the embedded Python-stdlib corpus or on --text FILE. "
@@ -71,6 +87,7 @@ def _add_train(sub):
     g.add_argument("--dropout", type=float, help="drop probability while training " + _shape_default("dropout"))
     g.add_argument("--dtype", choices=["float32", "float64"], help="float32 | float64 (default: float32)")
     p.add_argument("--backend", help=BACKEND_HELP)
+    add_threads_option(p)
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar: print one line per validation instead (for logs)")
     p.add_argument("--qat", action="store_true",
@@ -95,6 +112,7 @@ def _add_sample(sub):
     p.add_argument("--seed", type=int, default=0, help="random seed of the sampler (default: %(default)s)")
     p.add_argument("--no-kv-cache", action="store_true", help="recompute the whole context every token")
     p.add_argument("--backend", help=BACKEND_HELP)
+    add_threads_option(p)
     p.set_defaults(func=cmd_sample)
 
 
@@ -110,6 +128,7 @@ def _add_eval(sub):
     p.add_argument("--batch-size", type=int, default=32, help="windows per batch (default: %(default)s)")
     p.add_argument("--max-batches", type=int, help="stop after this many batches (default: the whole split)")
     p.add_argument("--backend", help=BACKEND_HELP)
+    add_threads_option(p)
     p.set_defaults(func=cmd_eval)
 
 
@@ -334,6 +353,7 @@ def main(argv=None):
     except SystemExit as e:  # --help (0) or a usage error (2): return, don't raise
         return e.code
     try:
+        _apply_threads(getattr(args, "threads", None))
         return args.func(args)
     except MinigptError as e:
         print(f"minigpt: error: {e}", file=sys.stderr)

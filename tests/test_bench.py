@@ -85,6 +85,11 @@ def test_header_names_cpu_model_and_cores(tmp_path):
     info, _ = bench.run_bench(sections=(), log=None)
     head = bench.format_table(info, []).splitlines()[0]
     assert f"{info['cpu']}, {info['cores']} cores" in head and info["cores"] >= 1
+    # SIMD the kernels may use, numba's threading layer, the BLAS library and its threads: in the line and the JSON
+    assert all(f in head for f in info["simd"]) and f"numba ({info['numba_threading']})" in head
+    assert f"BLAS threads {info['blas_threads']}" in head
+    assert all(b["library"] and b["threads"] >= 1 for b in info["blas"])
+    json.dumps(info)  # --json records all of it
     fake = tmp_path / "cpuinfo"
     cpu = "model name\t: Fancy  CPU 9000\ncpu family\t: 6\nmodel\t\t: 207\nphysical id\t: 0\ncore id\t: {}\n" \
           "flags\t\t: fpu avx512_vnni\n"
