@@ -149,6 +149,7 @@ def build_parser():
     __import__("minigpt.bench").bench.register(sub)  # minigpt bench (imported here: numba loads lazily)
     __import__("minigpt.prune.cli").prune.cli.register(sub)  # minigpt prune
     __import__("minigpt.distill.cli").distill.cli.register(sub)  # minigpt distill
+    __import__("minigpt.classroom.cli").classroom.cli.register(sub)  # minigpt assignment
     return parser
 
 
