@@ -27,6 +27,13 @@ def int8_path(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture(params=["integer loops", "dequantize + BLAS"])
+def weight_path(request, monkeypatch):
+    """Run a weight-only test through both paths, whatever the number of rows."""
+    monkeypatch.setattr(K, "DEQUANT_MIN_ROWS", 10**9 if request.param == "integer loops" else 1)
+    return request.param
+
+
 def _int8(rng, shape):
     return rng.integers(-128, 128, shape).astype(np.int8)
 
@@ -103,7 +110,7 @@ def test_fused_quantizer_writes_the_tiles(dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_int8_weight_only_matches_reference(shape, dtype):
+def test_int8_weight_only_matches_reference(shape, dtype, weight_path):
     M, Kd, N = shape
     rng = np.random.default_rng(2)
     x = rng.standard_normal((M, Kd)).astype(dtype)
@@ -115,9 +122,10 @@ def test_int8_weight_only_matches_reference(shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+# one row (the decoding kernel): group / 2 = 1, 6 (four byte rows a pass + 2), 16
 @pytest.mark.parametrize("shape, group", [((1, 2, 1), 2), ((3, 8, 7), 4), ((5, 64, 300), 32),
-                                          ((1, 96, 9), 32), ((6, 128, 20), 64)])
-def test_int4_weight_only_matches_reference(shape, group, dtype):
+                                          ((1, 96, 9), 32), ((6, 128, 20), 64), ((1, 24, 37), 12)])
+def test_int4_weight_only_matches_reference(shape, group, dtype, weight_path):
     M, Kd, N = shape
     rng = np.random.default_rng(3)
     x = rng.standard_normal((M, Kd)).astype(dtype)
@@ -129,7 +137,7 @@ def test_int4_weight_only_matches_reference(shape, group, dtype):
     np.testing.assert_allclose(got, ref, rtol=FTOL[dtype], atol=FTOL[dtype] * np.sqrt(Kd))
 
 
-def test_int4_extremes_and_zero_inputs():
+def test_int4_extremes_and_zero_inputs(weight_path):
     # every nibble value -8..7, including -8 which the quantizer never emits
     q = np.tile(np.arange(-8, 8, dtype=np.int8), 4).reshape(32, 2)  # (K=32, N=2)
     packed = R.pack_int4(q, 8)
@@ -204,3 +212,27 @@ def test_quantized_weights_run_the_unchanged_model(kind, tol, backend, tmp_path)
     qmodel.save(tmp_path / "q.npz")
     back = load_checkpoint(tmp_path / "q.npz", backend=backend).model
     np.testing.assert_array_equal(back.forward(idx)[0], got)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dequantizing_kernels_are_the_reference_value_for_value(dtype):
+    # the batch path multiplies BLAS by exactly the reference's dequantized weight
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((64, 40)).astype(dtype)
+    w_q, w_s = R.quantize_per_channel(w)
+    got8 = np.empty((40, 64), dtype=dtype)
+    K._dequantize_int8_rows(w_q, w_s, got8)
+    np.testing.assert_array_equal(got8, R.dequantize_int8(w_q, w_s))
+    packed, scales = R.quantize_int4_groupwise(w, 16)
+    got4 = np.empty((64, 40), dtype=dtype)
+    K._dequantize_int4_cols(packed, scales, 16, got4)
+    np.testing.assert_array_equal(got4, R.dequantize_int4(packed, scales, 16))
+
+
+def test_scratch_buffer_is_reused_and_grown():
+    a = K._scratch_buffer((3, 4), np.float32)
+    b = K._scratch_buffer((2, 5), np.float32)
+    assert b.base is a.base  # the same memory, reshaped
+    c = K._scratch_buffer((100, 100), np.float32)
+    assert c.shape == (100, 100) and c.dtype == np.float32
+    assert K._scratch_buffer((2, 2), np.float64).dtype == np.float64

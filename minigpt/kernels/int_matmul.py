@@ -23,9 +23,12 @@ How they are made fast (read the machine code with fn.inspect_asm(sig)):
   end. (A dot-product order over k spends more on the per-group horizontal
   sums than on the 32 multiply-adds of a group: measured 15x slower.)
 """
+import threading
+
 import numba
 import numpy as np
-from numba import int32, njit, prange
+from numba import int32, njit, prange, types
+from numba.extending import overload
 
 from . import int_matmul_ref as ref
 from . import vnni
@@ -42,6 +45,9 @@ TILE_BATCH, TILE_ROW = 256, 64
 # register-blocked tiles (vnni.gemm_tile_u8s8); below, the dot-product kernel (packing
 # N K bytes per call costs about as much as 4-8 rows of products)
 GEMM_MIN_ROWS = 16
+# Weight-only int8 / int4 from this many rows: dequantize the weight (K N conversions,
+# about what the integer loops spend on 2-3 rows) into a reused buffer, then BLAS
+DEQUANT_MIN_ROWS = 16
 
 
 @njit(cache=True, inline="always")
@@ -57,6 +63,29 @@ def _dot4_i8(a, w0, w1, w2, w3):
         s2 += x * int32(w2[k])
         s3 += x * int32(w3[k])
     return s0, s1, s2, s3
+
+
+def _as_float(v, like):
+    """v converted to the float type of `like` (numba would make uint8 * float32 a float64)."""
+    return like.dtype.type(v)
+
+
+@overload(_as_float, inline="always")
+def _as_float_jit(v, like):
+    to = np.float32 if like == types.float32 else np.float64
+    return lambda v, like: to(v)
+
+
+@njit(cache=True, inline="always")
+def _lo(byte, like):
+    """The low nibble of a uint8 as a float of like's type (kept 8-bit wide, so 16 lanes vectorise)."""
+    return _as_float(np.uint8(byte & 15), like)
+
+
+@njit(cache=True, inline="always")
+def _hi(byte, like):
+    """The high nibble, likewise."""
+    return _as_float(np.uint8(byte >> 4), like)
 
 
 @njit(cache=True, inline="always")
@@ -316,6 +345,83 @@ def _int4_weight_kernel(x, packed, scales, group, zero, out, tile):
                 out[i0 + r, j0 + j] = acc[r, j]
 
 
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _int4_row_kernel(x, packed, scales, group, out, tile):
+    """One row (decoding): out[n] = sum_g scales[g, n] (sum_{k in g} x[k] u[k, n] - 8 sum_{k in g} x[k]),
+    u = q + 8 the stored nibble, so the nibbles go to float without the - 8 (it is one
+    multiply-add per group and column instead). Four byte rows (eight k) are unpacked and
+    multiplied per pass over the columns, so each partial sum is loaded and stored once
+    per eight multiply-adds. One task = `tile` columns; every loop runs along n.
+    """
+    K = x.size
+    N = packed.shape[1]
+    half = group // 2
+    for task in prange((N + tile - 1) // tile):
+        j0 = task * tile
+        nt = min(tile, N - j0)
+        part = np.empty(nt, dtype=x.dtype)  # sum_{k in g} x[k] u[k, n], this group
+        acc = np.zeros(nt, dtype=x.dtype)  # scaled sums of the groups so far
+        for g in range(K // group):
+            k0, r0 = g * group, g * half
+            xs = x[k0]
+            for k in range(k0 + 1, k0 + group):
+                xs += x[k]
+            part[:] = 0
+            t = 0
+            while t + 4 <= half:
+                p0 = packed[r0 + t, j0:j0 + nt]
+                p1 = packed[r0 + t + 1, j0:j0 + nt]
+                p2 = packed[r0 + t + 2, j0:j0 + nt]
+                p3 = packed[r0 + t + 3, j0:j0 + nt]
+                a0, a1, a2, a3 = x[k0 + t], x[k0 + t + 1], x[k0 + t + 2], x[k0 + t + 3]
+                b0, b1, b2, b3 = x[k0 + half + t], x[k0 + half + t + 1], x[k0 + half + t + 2], x[k0 + half + t + 3]
+                for j in range(nt):
+                    part[j] += ((a0 * _lo(p0[j], a0) + b0 * _hi(p0[j], a0)) + (a1 * _lo(p1[j], a0) + b1 * _hi(p1[j], a0))) \
+                        + ((a2 * _lo(p2[j], a0) + b2 * _hi(p2[j], a0)) + (a3 * _lo(p3[j], a0) + b3 * _hi(p3[j], a0)))
+                t += 4
+            while t < half:  # group / 2 not a multiple of 4
+                p0 = packed[r0 + t, j0:j0 + nt]
+                a0, b0 = x[k0 + t], x[k0 + half + t]
+                for j in range(nt):
+                    part[j] += a0 * _lo(p0[j], a0) + b0 * _hi(p0[j], a0)
+                t += 1
+            srow = scales[g, j0:j0 + nt]
+            off = _as_float(8, xs) * xs  # (a plain 8 * xs would be float64)
+            for j in range(nt):
+                acc[j] += srow[j] * (part[j] - off)
+        out[j0:j0 + nt] = acc
+
+
+@njit(parallel=True, cache=True)
+def _dequantize_int8_rows(w, w_scale, out):
+    """out[n, k] = w[n, k] * w_scale[n] in out's dtype: int_matmul_ref.dequantize_int8, value for value."""
+    N, K = w.shape
+    for j in prange(N):
+        s = w_scale[j]
+        wj, oj = w[j], out[j]
+        for k in range(K):
+            oj[k] = wj[k]  # exact in any float dtype; then the product in that dtype
+            oj[k] = oj[k] * s
+
+
+@njit(parallel=True, cache=True)
+def _dequantize_int4_cols(packed, scales, group, out):
+    """out (K, N) = int_matmul_ref.dequantize_int4(packed, scales, group), value for value:
+    row g*group + t from the low nibbles of byte row g*group/2 + t, row g*group + group/2 + t
+    from the high ones, each times its group's scale."""
+    half = group // 2
+    for r in prange(packed.shape[0]):
+        g, t = r // half, r % half
+        prow, srow = packed[r], scales[g]
+        lo, hi = out[g * group + t], out[g * group + half + t]
+        for j in range(prow.size):
+            byte = int32(prow[j])
+            lo[j] = (byte & 15) - 8
+            hi[j] = (byte >> 4) - 8
+            lo[j] = lo[j] * srow[j]
+            hi[j] = hi[j] * srow[j]
+
+
 def _as_rows(x, dtype=None):
     x = np.ascontiguousarray(x, dtype=dtype)
     if x.ndim != 2:
@@ -352,13 +458,37 @@ def int8_matmul(a_q, a_scale, w_q, w_scale):
     return out
 
 
+_scratch = threading.local()  # per Python thread: concurrent calls must not share a buffer
+
+
+def _scratch_buffer(shape, dtype):
+    """A (shape) array of dtype, reused from call to call (grown when too small): the
+    dequantized weight of a batch product, without a fresh 10 MB allocation each time."""
+    size = int(np.prod(shape))
+    buf = getattr(_scratch, str(np.dtype(dtype)), None)
+    if buf is None or buf.size < size:
+        buf = np.empty(size, dtype=dtype)
+        setattr(_scratch, str(np.dtype(dtype)), buf)
+    return buf[:size].reshape(shape)
+
+
 def int8_weight_matmul(x, w_q, w_scale):
-    """Float activations (M, K) times int8 weights (N, K) with per-channel scales -> (M, N)."""
+    """Float activations (M, K) times int8 weights (N, K) with per-channel scales -> (M, N).
+
+    A batch (M >= DEQUANT_MIN_ROWS) dequantizes the weight into a reused buffer and lets
+    BLAS multiply (the reference's own two steps); fewer rows run the integer loops.
+    """
     x, w_q = _as_rows(x), _as_rows(w_q, np.int8)
     _check_k(x, w_q, w_q.shape[1])
+    w_scale = np.ascontiguousarray(w_scale, dtype=x.dtype)
+    if x.shape[0] >= DEQUANT_MIN_ROWS:
+        w_hat = _scratch_buffer(w_q.shape, x.dtype)  # (N, K)
+        with threads_for(4 * w_q.size):  # a few operations a weight
+            _dequantize_int8_rows(w_q, w_scale, w_hat)
+        return x @ w_hat.T  # (M, N)
     out = np.empty((x.shape[0], w_q.shape[0]), dtype=x.dtype)
     with threads_for(out.size * x.shape[1]):
-        _int8_weight_kernel(x, w_q, np.ascontiguousarray(w_scale, dtype=x.dtype), x.dtype.type(0), out)
+        _int8_weight_kernel(x, w_q, w_scale, x.dtype.type(0), out)
     return out
 
 
@@ -368,13 +498,22 @@ def int4_weight_matmul(x, packed, scales, group):
     _check_k(x, packed, 2 * packed.shape[0])
     if group % 2 or x.shape[1] % group or scales.shape != (x.shape[1] // group, packed.shape[1]):
         raise ValueError(f"scales {scales.shape} do not fit K={x.shape[1]} with group={group}")
+    scales = np.ascontiguousarray(scales, dtype=x.dtype)
+    if x.shape[0] >= DEQUANT_MIN_ROWS:  # a batch: dequantize, then BLAS (as int8_weight_matmul)
+        w_hat = _scratch_buffer((x.shape[1], packed.shape[1]), x.dtype)  # (K, N)
+        with threads_for(4 * w_hat.size):
+            _dequantize_int4_cols(packed, scales, group, w_hat)
+        return x @ w_hat  # (M, N)
     out = np.empty((x.shape[0], packed.shape[1]), dtype=x.dtype)
     if x.shape[0] > ROWS:
         tile = TILE_BATCH
     else:  # decoding: one long column run per thread (each byte row's slice costs a reference count)
         tile = max(TILE_ROW, -(-packed.shape[1] // (16 * numba.get_num_threads())) * 16)
     with threads_for(4 * out.size * x.shape[1]):  # unpacking makes each multiply-add ~4x dearer
-        _int4_weight_kernel(x, packed, np.ascontiguousarray(scales, dtype=x.dtype), group, x.dtype.type(0), out, tile)
+        if x.shape[0] == 1:
+            _int4_row_kernel(x[0], packed, scales, group, out[0], tile)
+        else:
+            _int4_weight_kernel(x, packed, scales, group, x.dtype.type(0), out, tile)
     return out
 
 

@@ -102,13 +102,13 @@ def quantized_linear_forward(x, q: dict, b, matmuls: dict):
     x2 = np.ascontiguousarray(x.reshape(-1, K))  # (M, K)
     fmt = q["format"]
     if fmt in ("int8", "w8a8"):
-        y = matmuls[fmt](x2, q[fmt], q["scale"].astype(x.dtype))  # (M, N)
+        y = matmuls[fmt](x2, q[fmt], q["scale"].astype(x.dtype, copy=False))  # (M, N)
     elif fmt in BLOCK_BYTES:
         y = matmuls["blocks"](x2, q[fmt], fmt)
     elif fmt == "kmeans":  # no integer product: the lookup table's values are arbitrary floats
         y = x2 @ dequantize(q).astype(x.dtype)  # (M, N)
     else:
-        y = matmuls["int4"](x2, q["int4"], q["scales"].astype(x.dtype), int(q["group"]))
+        y = matmuls["int4"](x2, q["int4"], q["scales"].astype(x.dtype, copy=False), int(q["group"]))
     out = y.reshape(*x.shape[:-1], N) + b  # (..., N)
     return out, (x, q)
 
