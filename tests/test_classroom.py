@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import time
 import sys
 
 import numpy as np
@@ -212,3 +213,24 @@ def test_checks_draw_fresh_inputs_per_seed():
     assert len(draws) == 5
     assert part_seed(7, a, "gelu").random() != part_seed(7, a, "layernorm").random()
     np.testing.assert_equal(part_seed(7, a, "gelu").random(4), part_seed(7, a, "gelu").random(4))
+
+
+def test_a_loop_at_import_costs_one_time_limit_not_one_per_part(tmp_path):
+    a = get("quantization")
+    text = module_text(a, solutions=True) + "\nwhile True:\n    pass\n"
+    t0 = time.perf_counter()
+    results = run_parts(a, _write(tmp_path, "quantization", text), SEED, timeout=3)
+    assert time.perf_counter() - t0 < 3 * len(a.parts)
+    assert [r.score for r in results] == [0] * len(a.parts)
+    assert all("importing hw_quantization.py did not finish within 3 s" in r.note for r in results)
+
+
+def test_prints_and_exceptions_in_student_code(tmp_path):
+    """The student's prints do not disturb the protocol; an exception says where it came from."""
+    a = get("distillation")
+    text = module_text(a, solutions=True).replace(
+        "    check_distill_args(temperature, alpha)\n",
+        "    print('debugging', '\\n' * 50)\n    check_distill_args(temperature, alpha)\n    [][1]\n")
+    (r,) = run_parts(a, _write(tmp_path, "distillation", text), SEED)
+    assert r.score == 0
+    assert "IndexError: list index out of range (at hw_distillation.py line" in r.checks[0].message

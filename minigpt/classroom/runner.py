@@ -205,6 +205,10 @@ def _result_dict(r: PartResult) -> dict:
 
 def worker(argv):
     name, workspace, seed, *parts = argv
+    import resource
+
+    cap = 64 << 20  # a student's print loop fills at most 64 MB of the parent's stderr file, then dies here
+    resource.setrlimit(resource.RLIMIT_FSIZE, (cap, cap))
     out = os.fdopen(os.dup(1), "w")  # results go here; fd 1 becomes stderr for the student's prints
     os.dup2(2, 1)
     sys.stdout = sys.stderr
@@ -213,6 +217,8 @@ def worker(argv):
     guards = _guards(assignment, student)
     with swapped(guards):
         module, error = load_student(Path(workspace) / f"{student}.py")
+        out.write(TAG + json.dumps({"loaded": True}) + "\n")
+        out.flush()
         for part in parts:
             r = run_part(assignment, part, module, int(seed), error)
             out.write(TAG + json.dumps(_result_dict(r)) + "\n")
@@ -227,13 +233,23 @@ def worker(argv):
 def _reader(stream, q):
     for line in stream:
         if line.startswith(TAG):
-            q.put(json.loads(line[len(TAG):]))
+            rec = json.loads(line[len(TAG):])
+            q.put(True if rec.get("loaded") else rec)
     q.put(None)
 
 
 def _failed(part, note) -> PartResult:
     return PartResult(part.name, part.title, part.points,
                       [CheckResult(n, p, False, note) for n, p in part.checks], note=note)
+
+
+def _kill(proc):
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the worker's own session: it and its children
+        except ProcessLookupError:
+            pass
+    proc.wait()
 
 
 def run_parts(assignment: Assignment, workspace, seed: int, parts=None, timeout=None) -> list[PartResult]:
@@ -252,6 +268,19 @@ def run_parts(assignment: Assignment, workspace, seed: int, parts=None, timeout=
             q: queue.Queue = queue.Queue()
             threading.Thread(target=_reader, args=(proc.stdout, q), daemon=True).start()
             try:
+                limit = timeout or min(assignment.part(n).timeout for n in pending)
+                try:
+                    loaded = q.get(timeout=limit)
+                except queue.Empty:  # the module's own top level loops: every part would
+                    loaded = False
+                if not loaded:
+                    note = (f"importing {assignment.module}.py did not finish within {limit:g} s (a loop at its "
+                            f"top level?)" if loaded is False else
+                            f"the process importing {assignment.module}.py died (exit status {proc.wait()})")
+                    for name in pending:
+                        done[name] = _failed(assignment.part(name), note + "; this part scores 0")
+                    pending = []
+                    _kill(proc)
                 for name in list(pending):
                     part = assignment.part(name)
                     limit = timeout or part.timeout
@@ -282,12 +311,7 @@ def run_parts(assignment: Assignment, workspace, seed: int, parts=None, timeout=
                     except subprocess.TimeoutExpired:
                         pass
             finally:
-                if proc.poll() is None:
-                    try:
-                        os.killpg(proc.pid, signal.SIGKILL)  # the worker's own session: it and its children
-                    except ProcessLookupError:
-                        pass
-                proc.wait()
+                _kill(proc)
     order = [p.name for p in assignment.parts]
     return [done[n] for n in sorted(done, key=order.index)]
 

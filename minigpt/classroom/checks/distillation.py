@@ -66,7 +66,8 @@ def check_kd(hw, rng):
         loss, _ = hw.distill_forward(s.copy(), t.copy(), y.copy(), temperature=T, alpha=alpha, reverse=True)
         compare(f"reverse KD loss ({setting}) vs alpha T^2 KL(q || p) + (1 - alpha) CE", loss,
                 _kd(s, t, y, T, alpha, reverse=True), FORWARD_TOL,
-                [("that is the forward KL(p || q)", _kd(s, t, y, T, alpha))])
+                [("that is the forward KL(p || q)", _kd(s, t, y, T, alpha)),
+                 ("the T^2 factor on the KL term looks missing", _kd(s, t, y, T, alpha, reverse=True, t2=False))])
         return f"forward and gradient, relative error {fmt(grad(True))}"
 
     yield "forward", forward
