@@ -134,3 +134,22 @@ def with_step(meta: dict, step: int, what: str) -> list[str]:
 
 def describe_lineage(meta: dict, step: int = 0) -> str:
     return " -> ".join(lineage(meta, step))
+
+
+# ------------------------------------------------------------------ the frontier
+
+def pareto_front(xs, ys) -> list[int]:
+    """Indices of the points (x, y) no other point dominates, both to be made
+    small, ordered by x: j dominates i when x_j <= x_i and y_j <= y_i, one of
+    them strictly. One sweep in order of (x, y): a point is kept when its y
+    is below every y before it, or equals the best y of a point at the same x
+    (a duplicate of a kept point dominates nothing). O(n log n)."""
+    order = sorted(range(len(xs)), key=lambda i: (xs[i], ys[i]))
+    front, best_y, best_x = [], float("inf"), None
+    for i in order:
+        if ys[i] < best_y:
+            front.append(i)
+            best_y, best_x = ys[i], xs[i]
+        elif ys[i] == best_y and xs[i] == best_x:
+            front.append(i)
+    return front
