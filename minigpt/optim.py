@@ -28,13 +28,35 @@ def clip_grad_norm(grads: dict, max_norm: float) -> float:
     multiplied by max_norm / norm. Returns the norm before clipping.
     """
     # BEGIN SOLUTION
-    norm = math.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in grads.values()))
+    norm = math.sqrt(sum(_sum_squares(g) for g in grads.values()))
     if max_norm > 0 and norm > max_norm:
         scale = max_norm / (norm + 1e-6)
         for g in grads.values():
             g *= scale
     return norm
     # END SOLUTION
+
+
+def _sum_squares(g) -> float:
+    """sum(g^2) in float64: the numba kernel (one pass, no float64 copy of g) for float arrays."""
+    if g.dtype.kind != "f":
+        return float(np.sum(np.square(g, dtype=np.float64)))
+    from .kernels.adamw import sum_squares
+
+    return sum_squares(g)
+
+
+def adamw_update_reference(p, g, m, v, b1, b2, bc1, bc2, eps, wd, lr):
+    """One AdamW update of p, m, v in place, in NumPy: the definition the
+    fused kernel (minigpt.kernels.adamw.adamw_update) is tested against."""
+    m *= b1
+    m += (1.0 - b1) * g
+    v *= b2
+    v += (1.0 - b2) * (g * g)
+    update = (m / bc1) / (np.sqrt(v / bc2) + eps)
+    if wd:
+        update = update + wd * p
+    p -= lr * update
 
 
 def lr_schedule(step: int, lr: float, min_lr: float, warmup_steps: int, total_steps: int) -> float:
@@ -79,9 +101,12 @@ def apply_masks(arrays: dict, masks: dict, optimizer=None) -> None:
 
 
 class AdamW:
-    def __init__(self, params: dict, lr=1e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1):
+    def __init__(self, params: dict, lr=1e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1, fused=True):
+        """fused: update each tensor with the numba kernel (one pass over memory;
+        minigpt.kernels.adamw), else with adamw_update_reference. Same numbers."""
         self.params = params
         self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
+        self.fused = fused
         self.m = {k: np.zeros_like(p) for k, p in params.items()}
         self.v = {k: np.zeros_like(p) for k, p in params.items()}
         self.t = 0
@@ -94,17 +119,13 @@ class AdamW:
         self.t += 1
         bc1 = 1.0 - b1**self.t
         bc2 = 1.0 - b2**self.t
+        if self.fused:
+            from .kernels.adamw import adamw_update
         for name, p in self.params.items():
-            g = grads[name]
-            m, v = self.m[name], self.v[name]
-            m *= b1
-            m += (1.0 - b1) * g
-            v *= b2
-            v += (1.0 - b2) * (g * g)
-            update = (m / bc1) / (np.sqrt(v / bc2) + self.eps)
-            if self.weight_decay and decays(name, p):
-                update = update + self.weight_decay * p
-            p -= lr * update
+            args = (p, grads[name], self.m[name], self.v[name], b1, b2, bc1, bc2, self.eps,
+                    self.weight_decay if decays(name, p) else 0.0, lr)
+            if not (self.fused and adamw_update(*args)):  # the kernel declines odd layouts or dtypes
+                adamw_update_reference(*args)
         # END SOLUTION
 
     def state_arrays(self) -> dict[str, np.ndarray]:
