@@ -285,7 +285,7 @@ def _int8_weight_kernel(x, w, w_scale, zero, out):
                 xi = x[i]
                 s = zero
                 for k in range(K):
-                    s += xi[k] * wj[k]
+                    s += xi[k] * _as_float(wj[k], zero)  # in x's dtype (float32 x int8 would be float64)
                 out[i, jj] = s * w_scale[jj]
 
 
