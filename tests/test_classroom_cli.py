@@ -132,9 +132,10 @@ def test_the_handout_is_a_notebook_with_every_part(tmp_path, name):
     assert all(h in md for h in chapter_heads), "a chapter section the handout quotes went missing"
 
 
-@pytest.mark.parametrize("name", ["backprop", "training"])
+@pytest.mark.parametrize("name", list(ASSIGNMENTS))
 def test_the_handout_runs_in_a_solved_workspace(tmp_path, name):
-    """Every check cell scores full marks and the plug-in cell trains with the student's code."""
+    """Every check cell scores full marks and the plug-in cell runs minigpt with the student's code
+    (for backprop and training: trains, with the same losses as minigpt's own code)."""
     d = release(name, tmp_path / "ws", solutions=True)
     env = dict(os.environ, MPLBACKEND="Agg")
     r = subprocess.run([sys.executable, f"handout_{name}.py"], cwd=d, capture_output=True, text=True, env=env,
@@ -143,6 +144,8 @@ def test_the_handout_runs_in_a_solved_workspace(tmp_path, name):
     a = get(name)
     for p in a.parts:
         assert f"{p.points}/{p.points} points" in r.stdout
+    if name not in ("backprop", "training"):
+        return
     line = [ln for ln in r.stdout.split("\n") if ln.startswith("final training loss")][0]
     numbers = [float(w.rstrip(",")) for w in line.split() if w.replace(".", "").rstrip(",").isdigit()]
     assert len(numbers) == 2 and numbers[0] == numbers[1], line  # the library's bodies: the same run
@@ -191,3 +194,15 @@ def test_plugged_code_is_what_runs(tmp_path):
     after = model.forward(x)[0]
     assert not np.allclose(before, during) and np.array_equal(before, after)
     sys.modules.pop("hw_backprop", None)
+
+
+def test_the_visible_tests_run_under_pytest(tmp_path):
+    """The workspace's test file is the grader's checks: it passes when solved and fails when not."""
+    solved = release("distillation", tmp_path / "solved", solutions=True)
+    stub = release("distillation", tmp_path / "stub")
+    ok = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_hw_distillation.py"],
+                        cwd=solved, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout[-1500:]
+    bad = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_hw_distillation.py"],
+                         cwd=stub, capture_output=True, text=True)
+    assert bad.returncode == 1 and "not written yet (NotImplementedError)" in bad.stdout and "seed " in bad.stdout
