@@ -195,7 +195,12 @@ def build_module(units: list[Unit], doc: str, solutions=False, given: dict[str, 
                 continue
             imports[n] = (u.module, line)
     plain = sorted({ln for _, ln in imports.values() if ln.startswith("import ")})
-    froms = sorted({ln for _, ln in imports.values() if ln.startswith("from ")})
+    grouped: dict[str, list[str]] = {}
+    for _, ln in imports.values():
+        if ln.startswith("from "):
+            module, name = ln[len("from "):].split(" import ")
+            grouped.setdefault(module, []).append(name)
+    froms = [f"from {m} import {', '.join(sorted(set(ns)))}" for m, ns in sorted(grouped.items())]
     parts = [f'"""{doc}\n"""', "from __future__ import annotations", "", *plain, "", *froms]
     seen = set()
     for u in units:
