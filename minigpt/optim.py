@@ -49,6 +49,7 @@ def _sum_squares(g) -> float:
 def adamw_update_reference(p, g, m, v, b1, b2, bc1, bc2, eps, wd, lr):
     """One AdamW update of p, m, v in place, in NumPy: the definition the
     fused kernel (minigpt.kernels.adamw.adamw_update) is tested against."""
+    # BEGIN SOLUTION
     m *= b1
     m += (1.0 - b1) * g
     v *= b2
@@ -57,6 +58,7 @@ def adamw_update_reference(p, g, m, v, b1, b2, bc1, bc2, eps, wd, lr):
     if wd:
         update = update + wd * p
     p -= lr * update
+    # END SOLUTION
 
 
 def lr_schedule(step: int, lr: float, min_lr: float, warmup_steps: int, total_steps: int) -> float:

@@ -78,15 +78,15 @@ def test_grade_many_submissions_into_a_table_and_results_files(tmp_path, capsys)
     assert code == 0
     table = out[out.index("submission"):].strip().split("\n")
     assert table[0].split() == ["submission", "adamw", "schedule", "clipping", "total"]
-    assert table[1].split() == ["alice", "5/5", "3/3", "3/3", "11/11"]
-    assert table[2].split() == ["bob", "5/5", "2/3", "3/3", "10/11"]
-    assert table[3].split() == ["carol", "0/5", "0/3", "0/3", "0/11"]
+    assert table[1].split() == ["alice", "7/7", "3/3", "3/3", "13/13"]
+    assert table[2].split() == ["bob", "7/7", "2/3", "3/3", "12/13"]
+    assert table[3].split() == ["carol", "0/7", "0/3", "0/3", "0/13"]
     assert "warm-up steps 0.." in out  # bob's report says what was compared
     files = sorted(p.name for p in out_dir.iterdir())
     assert files == ["alice.json", "bob.json", "carol.json"]
     bob_json = json.loads((out_dir / "bob.json").read_text())
-    assert bob_json["score"] == 10
-    assert [(t["score"], t["max_score"]) for t in bob_json["tests"]] == [(5, 5), (2, 3), (3, 3)]
+    assert bob_json["score"] == 12
+    assert [(t["score"], t["max_score"]) for t in bob_json["tests"]] == [(7, 7), (2, 3), (3, 3)]
     assert all(set(t) == {"name", "score", "max_score", "output"} for t in bob_json["tests"])
     assert "FAIL warm-up (0/1)" in bob_json["tests"][1]["output"]
 

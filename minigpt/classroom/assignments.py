@@ -106,8 +106,10 @@ TRAINING = Assignment(
     name="training", title="The optimizer: AdamW, warm-up + cosine, clipping", chapter="05_training.py",
     intro_sections=(),
     parts=(
-        Part("adamw", "AdamW.step", ("minigpt.optim:AdamW",),
-             (("first step", 2), ("later steps and lr override", 2), ("state m, v, t", 1)), ("## AdamW",)),
+        Part("adamw", "AdamW: one tensor's update, and the step over all of them",
+             ("minigpt.optim:adamw_update_reference", "minigpt.optim:AdamW"),
+             (("one tensor's update", 2), ("first step", 2), ("later steps and lr override", 2), ("state m, v, t", 1)),
+             ("## AdamW",)),
         Part("schedule", "Warm-up + cosine learning-rate schedule", ("minigpt.optim:lr_schedule",),
              (("warm-up", 1), ("cosine decay", 2)), ("## Warm-up and cosine decay",)),
         Part("clipping", "Global-norm gradient clipping", ("minigpt.optim:clip_grad_norm",),
@@ -119,6 +121,13 @@ from minigpt.train import train
 from minigpt.classroom import plugged
 import hw_training
 ''' + _TINY_TRAIN + '''
+class NumPyAdamW(hw_training.AdamW):
+    """Your AdamW on its NumPy path (minigpt.train builds it with the default fused=True)."""
+    def __init__(self, params, **settings):
+        super().__init__(params, **settings, fused=False)
+
+
+hw_training.AdamW = NumPyAdamW
 with plugged(hw_training):  # minigpt.train now steps with your AdamW, schedule and clipping
     mine = train(GPT(cfg, seed=0, tokenizer=tok), data, tcfg, progress=False)
 reference = train(GPT(cfg, seed=0, tokenizer=tok), data, tcfg, progress=False)

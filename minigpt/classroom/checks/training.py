@@ -68,6 +68,32 @@ def check_adamw(hw, rng):
             errs.append(compare(f"{what}: parameter {k!r} {params[k].shape}", got[k], want[k], FORWARD_TOL, hints))
         return max(errs)
 
+    def one_tensor():
+        shape = tuple(int(d) for d in rng.integers(1, 5, rng.integers(1, 3)))
+        p, g = rng.standard_normal(shape), rng.standard_normal(shape)
+        m, v = 0.1 * rng.standard_normal(shape), rng.random(shape)
+        t = int(rng.integers(1, 20))
+        bc1, bc2 = 1 - b1**t, 1 - b2**t
+        got = [a.copy() for a in (p, g, m, v)]
+        ret = hw.adamw_update_reference(*got, b1, b2, bc1, bc2, eps, wd, lr0)
+        if ret is not None:
+            raise CheckFailed(f"adamw_update_reference returned {type(ret).__name__}; it updates p, m, v in place "
+                              f"and returns None")
+        m2 = b1 * m + (1 - b1) * g
+        v2 = b2 * v + (1 - b2) * g * g
+        upd = (m2 / bc1) / (np.sqrt(v2 / bc2) + eps)
+        setting = f"tensor {shape}, step {t}, weight decay {wd:.2f}"
+        compare(f"m after the update ({setting})", got[2], m2, FORWARD_TOL)
+        compare(f"v after the update ({setting})", got[3], v2, FORWARD_TOL,
+                [("v looks like it averages g, not g^2", b2 * v + (1 - b2) * g)])
+        err = compare(f"p after the update ({setting})", got[0], p - lr0 * (upd + wd * p), FORWARD_TOL,
+                      [("the bias corrections look missing: m_hat = m / bc1, v_hat = v / bc2",
+                        p - lr0 * (m2 / (np.sqrt(v2) + eps) + wd * p)),
+                       ("the decay looks missing: p -= lr (update + wd p)", p - lr0 * upd),
+                       ("eps looks inside the square root: sqrt(v_hat) + eps",
+                        p - lr0 * ((m2 / bc1) / np.sqrt(v2 / bc2 + eps) + wd * p))])
+        return f"relative error {fmt(err)}"
+
     def first():
         p, _ = run(1)
         err = compare_params(f"after 1 step (lr {lr0:.2g}, betas ({b1:.3f}, {b2:.3f}), weight decay {wd:.2f})", p, 1)
@@ -89,6 +115,7 @@ def check_adamw(hw, rng):
             compare(f"opt.v[{k!r}] (second moment) after {steps} steps", opt.v[k], v[k], FORWARD_TOL)
         return "m, v and t as the formula"
 
+    yield "one tensor's update", one_tensor
     yield "first step", first
     yield "later steps and lr override", later
     yield "state m, v, t", state
