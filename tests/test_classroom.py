@@ -234,3 +234,13 @@ def test_prints_and_exceptions_in_student_code(tmp_path):
     (r,) = run_parts(a, _write(tmp_path, "distillation", text), SEED)
     assert r.score == 0
     assert "IndexError: list index out of range (at hw_distillation.py line" in r.checks[0].message
+
+
+def test_a_runaway_allocation_costs_its_part_only(tmp_path):
+    a = get("distillation")
+    text = module_text(a, solutions=True).replace(
+        "    check_distill_args(temperature, alpha)\n",
+        "    hog = np.empty((6 << 30,), dtype=np.uint8)\n    check_distill_args(temperature, alpha)\n")
+    # 6 GB untouched: without the worker's 4 GB address-space cap np.empty would succeed
+    (r,) = run_parts(a, _write(tmp_path, "distillation", text), SEED)
+    assert r.score == 0 and "MemoryError" in r.checks[0].message

@@ -209,6 +209,8 @@ def worker(argv):
 
     cap = 64 << 20  # a student's print loop fills at most 64 MB of the parent's stderr file, then dies here
     resource.setrlimit(resource.RLIMIT_FSIZE, (cap, cap))
+    memory = 4 << 30  # address space: a runaway allocation fails here (MemoryError), not on the machine
+    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     out = os.fdopen(os.dup(1), "w")  # results go here; fd 1 becomes stderr for the student's prints
     os.dup2(2, 1)
     sys.stdout = sys.stderr
