@@ -96,12 +96,12 @@ def test_w8a8_from_float_is_the_reference_exactly(shape, dtype, int8_path):
 
 @pytest.mark.skipif(not HAS_VNNI, reason="the tile layout is the VNNI kernel's")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_fused_quantizer_writes_the_tiles(dtype):
-    M, Kd = 8, 10  # both padded: 12 rows, 12 bytes a row
+@pytest.mark.parametrize("M, Kd", [(8, 10), (7, 37), (1, 16)])  # padded rows and bytes; exactly 16
+def test_fused_quantizer_writes_the_tiles(M, Kd, dtype):
     rng = np.random.default_rng(6)
     x = (rng.standard_normal((M, Kd)) * 3).astype(dtype)
     a4, scale = K._packed_activations(M, Kd), np.empty(M, dtype=dtype)
-    K._quantize_rows_u8(x, a4, scale, dtype(127))
+    K._quantize_rows_u8(x, a4.view(np.uint32)[..., 0], scale, dtype(127))
     q, s = R.quantize_per_row(x)
     np.testing.assert_array_equal(scale, s)
     rows = a4.transpose(0, 2, 1, 3).reshape(a4.shape[0] * a4.shape[2], -1)  # back to (Mp, 4 K4)
@@ -212,6 +212,15 @@ def test_quantized_weights_run_the_unchanged_model(kind, tol, backend, tmp_path)
     qmodel.save(tmp_path / "q.npz")
     back = load_checkpoint(tmp_path / "q.npz", backend=backend).model
     np.testing.assert_array_equal(back.forward(idx)[0], got)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_absmax_is_numpys(dtype):
+    rng = np.random.default_rng(8)
+    for n in list(range(1, 40)) + [768]:  # below, at and past the 16 running maxima
+        v = rng.standard_normal(n).astype(dtype)
+        v[rng.integers(n)] = -5.0  # the largest magnitude is negative somewhere
+        assert K._absmax(v) == np.abs(v).max()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -149,30 +149,49 @@ def _int8_kernel_vnni(a_u, w, out):
                     out[i, jj] = s
 
 
+@njit(cache=True, fastmath={"nnan", "nsz"})
+def _absmax(v):
+    """max |v[k]| (v not empty), with 16 running maxima so that the loop vectorises."""
+    acc = np.zeros(16, dtype=v.dtype)
+    k16 = v.size - v.size % 16
+    for k in range(0, k16, 16):
+        for u in range(16):
+            a = abs(v[k + u])
+            acc[u] = a if a > acc[u] else acc[u]
+    m = abs(v[k16]) if k16 < v.size else acc[0]
+    for u in range(16):
+        m = acc[u] if acc[u] > m else m
+    for k in range(k16, v.size):
+        a = abs(v[k])
+        m = a if a > m else m
+    return m
+
+
 @njit(parallel=True, cache=True)
-def _quantize_rows_u8(x, a4, scale, qmax):
+def _quantize_rows_u8(x, a32, scale, qmax):
     """Dynamic per-row int8 quantization, fused with the packing of the VNNI tiles:
     scale[i] = max|x[i]| / qmax (1 if 0) and q[i, k] = clip(rint(x[i, k] / scale[i]), -qmax, qmax),
     exactly int_matmul_ref.quantize_per_row (the quotient is rounded to x's dtype first: `tmp`);
-    q + 128 goes to a4[i // MR, k // 4, i % MR, k % 4] (uint8), vnni.gemm_tile_u8s8's layout."""
+    q + 128 goes to byte k % 4 of a32[i // MR, k // 4, i % MR] (a32: _packed_activations'
+    array seen as uint32, 4 bytes at a time), vnni.gemm_tile_u8s8's layout."""
     M, K = x.shape
     for i in prange(M):
         xi = x[i]
-        m = abs(xi[0])
-        for k in range(1, K):
-            m = max(m, abs(xi[k]))
-        scale[i] = m / qmax  # the store rounds to x's dtype, as the reference's division does
+        scale[i] = _absmax(xi) / qmax  # the store rounds to x's dtype, as the reference's division does
         if not scale[i] > 0:
             scale[i] = 1
         s = scale[i]
         tmp = np.empty(K, dtype=x.dtype)
         for k in range(K):
             tmp[k] = xi[k] / s
-        row = np.zeros(4 * a4.shape[1], dtype=np.uint8)  # the row padded to 4 K4 bytes
+        row = np.zeros(4 * a32.shape[1], dtype=np.uint8)  # the row padded to 4 K4 bytes
         for k in range(K):
             q = min(max(np.rint(tmp[k]), -qmax), qmax)
             row[k] = np.uint8(np.int32(q) + 128)
-        a4[i // vnni.MR, :, i % vnni.MR, :] = row.reshape(a4.shape[1], 4)  # (K4, 4)
+        words = row.view(np.uint32)
+        ib, r = i // vnni.MR, i % vnni.MR
+        for k4 in range(words.size):
+            a32[ib, k4, r] = words[k4]
 
 
 def _packed_activations(M, K):
@@ -530,6 +549,6 @@ def quantized_linear_int8(x, w_q, w_scale):
     out = np.empty((M, w_q.shape[0]), dtype=x.dtype)
     a4, a_scale = _packed_activations(M, K), np.empty(M, dtype=x.dtype)
     with threads_for(out.size * K):
-        _quantize_rows_u8(x, a4, a_scale, x.dtype.type(127))
+        _quantize_rows_u8(x, a4.view(np.uint32)[..., 0], a_scale, x.dtype.type(127))
         _int8_gemm_vnni(a4, *_weight_words(w_q), out, a_scale, np.ascontiguousarray(w_scale, dtype=x.dtype), True)
     return out
