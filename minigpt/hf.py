@@ -273,7 +273,8 @@ def add_import_hf(sub):
                        description="Read config.json + model.safetensors (+ vocab.json and merges.txt, "
                                    "or minigpt_vocab.json) into a minigpt checkpoint.")
     p.add_argument("directory")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", nargs="?", help="the checkpoint to write (or give it as --out)")
+    p.add_argument("--out", metavar="CKPT", help="the checkpoint to write, as quantize and prune take it")
     p.add_argument("--dtype", choices=["float32", "float64"],
                    help="default: float64 if the file is all float64, else float32")
     p.set_defaults(func=cmd_import_hf)
@@ -288,13 +289,24 @@ def cmd_export_hf(args):
     return 0
 
 
+def _import_target(args) -> str:
+    from .errors import MinigptError
+
+    if args.checkpoint and args.out and args.checkpoint != args.out:
+        raise MinigptError(f"two checkpoints to write: {args.checkpoint} and --out {args.out}; give one")
+    if not (args.checkpoint or args.out):
+        raise MinigptError("import-hf needs the checkpoint to write: minigpt import-hf DIR --out CKPT")
+    return args.checkpoint or args.out
+
+
 def cmd_import_hf(args):
     from .checkpoint import save_checkpoint
 
+    out = _import_target(args)
     model, note = import_hf(args.directory, dtype=args.dtype)
-    save_checkpoint(args.checkpoint, model, extra={"imported_from": str(Path(args.directory).resolve())})
+    save_checkpoint(out, model, extra={"imported_from": str(Path(args.directory).resolve())})
     c = model.config
-    print(f"wrote {args.checkpoint}: {model.num_params():,} parameters ({c.n_layer} layers, {c.n_head} heads, "
+    print(f"wrote {out}: {model.num_params():,} parameters ({c.n_layer} layers, {c.n_head} heads, "
           f"{c.n_embd} wide, block {c.block_size}, vocab {c.vocab_size}, {c.dtype})")
     print(f"tokenizer: {note}", file=sys.stderr if model.tokenizer is None else sys.stdout)
     return 0

@@ -94,12 +94,25 @@ class TrainResult:
     tokens_per_second: float = 0.0
 
 
-def evaluate(model: GPT, dataset: Dataset, split="val", batch_size=32, max_batches=None) -> float:
-    """Mean cross-entropy over consecutive windows of a split (deterministic)."""
+EVAL_LOGITS = 2**25  # logits computed at once, at most (128 MB in float32); GPT-2's 50257-token
+# vocabulary over a batch of 32 windows of 1024 would be 6.6 GB, so such a batch is run a few windows at a time
+
+
+def evaluate(model: GPT, dataset: Dataset, split="val", batch_size=32, max_batches=None, progress=False) -> float:
+    """Mean cross-entropy over consecutive windows of a split (deterministic).
+    progress: a bar over the windows, shown once evaluation has taken 2 s."""
+    from .progress import tqdm
+
+    rows = max(1, EVAL_LOGITS // (dataset.block_size * model.config.vocab_size))  # windows a forward
+    n = (len(dataset.train if split == "train" else dataset.val) - 1) // dataset.block_size
+    n = n if max_batches is None else min(n, max_batches * batch_size)  # windows iter_eval_batches gives
     total, count = 0.0, 0
-    for x, y in dataset.iter_eval_batches(split, batch_size, max_batches):
-        total += model.loss(x, y) * y.size
-        count += y.size
+    with tqdm(total=n, desc="evaluating", unit="window", delay=2.0, disable=not progress, leave=False) as bar:
+        for x, y in dataset.iter_eval_batches(split, batch_size, max_batches):
+            for r in range(0, len(x), rows):
+                total += model.loss(x[r:r + rows], y[r:r + rows]) * y[r:r + rows].size
+                bar.update(len(x[r:r + rows]))
+            count += y.size
     return total / count
 
 

@@ -55,8 +55,13 @@ def register(sub):
                         "four linear matrices only)")
     p.add_argument("--calibration", type=int, default=32, metavar="N",
                    help="training windows for Wanda's activations and head / neuron importance (default: %(default)s)")
+    p.add_argument("--calib-length", type=int, metavar="T",
+                   help="tokens a calibration window (default: the model's block size, at most 256)")
     p.add_argument("--eval-batches", type=int, default=40,
                    help="validation batches of 32 windows, spread over the split (default: %(default)s)")
+    p.add_argument("--eval-windows", type=int, metavar="N",
+                   help="measure the loss on N validation windows spread over the split instead of --eval-batches "
+                        "batches of 32 (GPT-2 small: 8 windows of 1024 tokens take a minute or two)")
     p.add_argument("--bench-tokens", type=int, default=100,
                    help="tokens generated (greedy, KV cache) to time generation: the median of 5 rounds, "
                         "before and after timed in turn (default: %(default)s)")
@@ -71,6 +76,15 @@ def register(sub):
     p.add_argument("--backend", help="kernels: numpy (the reference) | numba (default: numba)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar while fine-tuning")
     p.set_defaults(func=cmd_prune)
+
+
+def _validation(model, dataset, args):
+    """Validation loss on --eval-windows windows, else on --eval-batches batches of 32."""
+    from ..train import evaluate
+
+    if getattr(args, "eval_windows", None):
+        return evaluate(model, dataset, "val", args.eval_windows, 1, progress=True)
+    return evaluate(model, dataset, "val", 32, args.eval_batches, progress=True)
 
 
 def _check_args(args):
@@ -99,8 +113,8 @@ def _check_args(args):
     for name in ("finetune_steps",):
         if getattr(args, name) < 0:
             raise MinigptError(f"--finetune-steps must be >= 0, got {args.finetune_steps}")
-    for name in ("calibration", "eval_batches", "bench_tokens"):
-        if getattr(args, name) <= 0:
+    for name in ("calibration", "eval_batches", "bench_tokens", "calib_length", "eval_windows"):
+        if getattr(args, name, 1) is not None and getattr(args, name, 1) <= 0:
             raise MinigptError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.lr is not None and not (args.lr > 0 and math.isfinite(args.lr)):
         raise MinigptError(f"--lr must be a positive number, got {args.lr}")
@@ -131,11 +145,20 @@ def generation_speeds(models, tokens, rounds=5) -> list[float]:
     return [tokens / float(np.median(t)) for t in times]
 
 
-def _calibration(dataset, n, seed):
-    """(x (n, T), [(x_i, y_i) (1, T)]): n training windows drawn with seed,
-    together and as batches of one sequence each."""
+CALIB_LENGTH = 256  # tokens a calibration window at most: GPT-2 small's block of 1024 would make
+# Wanda's 32 windows and head importance's 32 backward passes four times as long
+
+
+def _calibration(dataset, n, seed, length=None):
+    """(x (n, T), [(x_i, y_i) (1, T)]): n training windows of T tokens (default: the
+    block size, at most CALIB_LENGTH) drawn with seed, together and as batches of one sequence each."""
+    from ..data import Dataset
+
+    T = min(dataset.block_size, CALIB_LENGTH) if length is None else length
+    if T > dataset.block_size:
+        raise PruneError(f"--calib-length {T} is longer than the model's block size {dataset.block_size}")
     rng = np.random.default_rng(seed + 1)
-    x, y = dataset.get_batch("train", n, rng)
+    x, y = Dataset(dataset.train, dataset.val, T).get_batch("train", n, rng)
     return x, [(x[i:i + 1], y[i:i + 1]) for i in range(n)]
 
 
@@ -156,12 +179,14 @@ def prune_model(model, method, sparsity_, masks, dataset, args):
     from .magnitude import magnitude_masks, random_masks
     from .nm import nm_masks, parse_nm
     from .structured import head_importance, lowest, neuron_importance, remove_heads, remove_neurons
+    from ..progress import tqdm
     from .wanda import wanda_masks
 
     P, cfg = model.params, model.config
     if method in ("heads", "neurons"):
-        _, calib = _calibration(dataset, args.calibration, args.seed)
+        _, calib = _calibration(dataset, args.calibration, args.seed, getattr(args, "calib_length", None))
         score = head_importance if method == "heads" else neuron_importance
+        calib = tqdm(calib, desc=f"{method[:-1]} importance", unit="window", delay=2.0, leave=False)
         chosen = lowest(score(model, calib), sparsity_)
         remove = remove_heads if method == "heads" else remove_neurons
         params = {k: v.copy() for k, v in remove(P, cfg, chosen).items()}  # fine-tuning must not touch P
@@ -184,8 +209,8 @@ def prune_model(model, method, sparsity_, masks, dataset, args):
     elif method == "sensitivity":
         return _sensitivity(model, masks, dataset, args)
     elif method == "wanda":
-        x, _ = _calibration(dataset, args.calibration, args.seed)
-        new = wanda_masks(model, x, sparsity_, masks, names, of="all")
+        x, _ = _calibration(dataset, args.calibration, args.seed, getattr(args, "calib_length", None))
+        new = wanda_masks(model, x, sparsity_, masks, names, of="all", progress=True)
     else:
         raise PruneError(f"unknown method {method!r}")
     return apply(P, new), new, f"{sparsity(new):.1%} of the pruned matrices are 0"
@@ -218,7 +243,7 @@ def cmd_prune(args):
     from ..checkpoint import save_checkpoint
     from ..model import GPT, load_checkpoint
     from ..optim import AdamW
-    from ..train import evaluate, train
+    from ..train import train
 
     _check_args(args)
     ckpt = load_checkpoint(args.checkpoint, backend=args.backend)
@@ -229,6 +254,9 @@ def cmd_prune(args):
     check_prunable(args.checkpoint, model.params, ckpt.meta)  # one line on a quantized or CSR checkpoint
 
     dataset, source = checkpoint_dataset(ckpt, args.checkpoint, args.text)
+    if (getattr(args, "calib_length", None) or 0) > model.config.block_size:  # before any evaluation
+        raise PruneError(f"--calib-length {args.calib_length} is longer than the model's block size "
+                         f"{model.config.block_size}")
 
     _check_writable(args.out)
     method = args.method
@@ -239,7 +267,7 @@ def cmd_prune(args):
         s = 1 - n / m
     else:
         s = args.sparsity
-    before = {"loss": evaluate(model, dataset, "val", 32, args.eval_batches),
+    before = {"loss": _validation(model, dataset, args),
               "alive": alive_by_kind(model.params, ckpt.masks),
               "bytes": Path(args.checkpoint).stat().st_size, "params": param_bytes(model.params, ckpt.masks)}
     t0 = time.perf_counter()
@@ -249,7 +277,7 @@ def cmd_prune(args):
     else:
         params, masks, what = prune_model(model, method, s, masks, dataset, args)
     pruned = GPT(model.config, params=params, backend=args.backend, tokenizer=model.tokenizer)
-    oneshot = evaluate(pruned, dataset, "val", 32, args.eval_batches) if method != "gradual" else None
+    oneshot = _validation(pruned, dataset, args) if method != "gradual" else None
     tcfg = _finetune_config(ckpt, args)
     meta = {"corpus": source, "pruned": {"from": str(args.checkpoint), "method": method, "sparsity": s,
                                           "finetune_steps": args.finetune_steps},
@@ -278,7 +306,7 @@ def cmd_prune(args):
         pruned, masks = _store_sparse(pruned, masks, tcfg, meta, args.out)
         what += "; " + _sparse_note(pruned)
     seconds = time.perf_counter() - t0
-    after = {"loss": evaluate(pruned, dataset, "val", 32, args.eval_batches), "alive": alive,
+    after = {"loss": _validation(pruned, dataset, args), "alive": alive,
              "bytes": Path(args.out).stat().st_size, "params": param_bytes(pruned.params, masks)}
     before["tok/s"], after["tok/s"] = generation_speeds([model, pruned], args.bench_tokens)
     _report(args, what, before, oneshot, after, seconds)

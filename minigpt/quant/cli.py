@@ -30,6 +30,7 @@ from .weights import quantize_params, weight_bytes
 DEFAULT_GROUP = 32
 METHODS = ("rtn", "gptq", "awq", "kmeans")
 DEFAULT_CALIB, CALIB_BATCH = 8, 16
+CALIB_LENGTH = 256  # tokens a calibration window at most (GPTQ's paper: 128 sequences of 2048)
 
 
 def _alpha(text):
@@ -87,9 +88,15 @@ def register(sub):
     p.add_argument("--calib-batches", type=int, metavar="N",
                    help=f"gptq / awq / --smooth: calibration batches of {CALIB_BATCH} windows from the "
                         f"training split (default: {DEFAULT_CALIB})")
+    p.add_argument("--calib-length", type=int, metavar="T",
+                   help=f"gptq / awq / --smooth: tokens a calibration window (default: the model's block size, "
+                        f"at most {CALIB_LENGTH}, so 8 batches make GPTQ's 128 sequences of 256 tokens at GPT-2's size)")
     p.add_argument("--max-batches", type=int, default=50,
                    help="validation batches of 32 windows to measure the loss on, 0 for the whole split "
                         "(default: %(default)s)")
+    p.add_argument("--eval-windows", type=int, metavar="N",
+                   help="measure the loss on N validation windows spread over the split instead of --max-batches "
+                        "batches of 32 (GPT-2 small: 8 windows of 1024 tokens take a minute or two)")
     p.add_argument("--tokens", type=int, default=64,
                    help="tokens to generate (greedy) for the tokens/s measurement (default: %(default)s)")
     p.add_argument("--backend", help="kernels: numpy (the reference) | numba (default: numba)")
@@ -124,7 +131,8 @@ def kmeans_scheme(args) -> dict:
     """{"kind": "kmeans", "bits", "group": None} of --method kmeans, or a MinigptError naming the
     option it has no use for (one codebook a tensor: no groups, scales, blocks or activations)."""
     clashes = {"--format": args.format, "--activations": args.activations, "--group-size": args.group_size,
-               "--smooth": args.smooth, "--calib-batches": args.calib_batches}
+               "--smooth": args.smooth, "--calib-batches": args.calib_batches,
+               "--calib-length": getattr(args, "calib_length", None)}
     for flag, value in clashes.items():
         if value is not None and value is not False:
             raise MinigptError(f"--method kmeans stores one codebook a tensor and a b-bit index a weight; drop {flag}")
@@ -151,6 +159,8 @@ def check_method_args(args, scheme):
         raise MinigptError("--calib-batches is for --method gptq / awq and --smooth; round to nearest needs none")
     if calib is not None and calib < 1:
         raise MinigptError(f"--calib-batches must be positive, got {calib}")
+    if getattr(args, "calib_length", None) is not None and method == "rtn" and smooth is None:
+        raise MinigptError("--calib-length is for --method gptq / awq and --smooth; round to nearest needs none")
 
 
 def describe(scheme: dict) -> str:
@@ -163,10 +173,14 @@ def describe(scheme: dict) -> str:
             "q8_0": "Q8_0 blocks", "q4_0": "Q4_0 blocks"}[kind]
 
 
-def _validation(model, dataset, max_batches):
+def _validation(model, dataset, args):
+    """Validation loss on --eval-windows windows, else on --max-batches batches of 32."""
     from ..train import evaluate
 
-    return evaluate(model, dataset, "val", 32, max_batches or None)
+    windows = getattr(args, "eval_windows", None)
+    if windows:
+        return evaluate(model, dataset, "val", windows, 1, progress=True)
+    return evaluate(model, dataset, "val", 32, args.max_batches or None, progress=True)
 
 
 def tokens_per_second(model, n_tokens, prompt_id=0) -> float:
@@ -198,8 +212,8 @@ def _check_out(out, source):
 def cmd_quantize(args):
     from ..model import GPT
 
-    for name in ("max_batches", "tokens"):
-        if getattr(args, name) < (0 if name == "max_batches" else 1):
+    for name in ("max_batches", "tokens", "eval_windows"):
+        if getattr(args, name) is not None and getattr(args, name) < (0 if name == "max_batches" else 1):
             raise MinigptError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.method == "kmeans":
         return cmd_quantize_kmeans(args)
@@ -221,7 +235,7 @@ def cmd_quantize(args):
           f"{len(quantized_layers(params))} linear layers quantized, corpus {source}", file=sys.stderr)
     rows = []
     for label, m in (("float", model), ("quantized", qmodel)):
-        rows.append((label, _validation(m, dataset, args.max_batches), weight_bytes(m.params),
+        rows.append((label, _validation(m, dataset, args), weight_bytes(m.params),
                      bits_per_weight(m.params), tokens_per_second(m, args.tokens)))
     print(_table(rows, describe(scheme), model.config.dtype, _unit(model.tokenizer)))
     meta = {k: v for k, v in ckpt.meta.items() if k in ("corpus", "history")}
@@ -261,12 +275,12 @@ def cmd_quantize_kmeans(args):
     steps = args.centroid_steps or 0
     print(f"minigpt: {args.checkpoint} -> {describe(scheme)}; {len(quantized_layers(qmodel.params))} linear layers "
           f"quantized, {steps} centroid fine-tuning steps, corpus {source}", file=sys.stderr)
-    before = _validation(qmodel, dataset, args.max_batches) if steps else None
+    before = _validation(qmodel, dataset, args) if steps else None
     if steps:
         rng = np.random.default_rng(0)
         batches = [dataset.get_batch("train", CALIB_BATCH, rng) for _ in range(steps)]
         qmodel, _ = finetune_centroids(qmodel, batches, steps)
-    rows = [(m, _validation(m, dataset, args.max_batches), tokens_per_second(m, args.tokens)) for m in (model, qmodel)]
+    rows = [(m, _validation(m, dataset, args), tokens_per_second(m, args.tokens)) for m in (model, qmodel)]
     print(_kmeans_table(rows, describe(scheme), model.config.dtype, _unit(model.tokenizer), before, steps))
     meta = {k: v for k, v in ckpt.meta.items() if k in ("corpus", "history")}
     meta["quantization"] = {**scheme, "method": "kmeans", "centroid_steps": steps, "source": str(args.checkpoint),
@@ -324,7 +338,8 @@ def _quantized_params(model, dataset, scheme, args) -> dict:
     kind, bits, group, keep = scheme["kind"], scheme["bits"], scheme["group"], tuple(args.keep_float)
     if args.method == "rtn" and args.smooth is None:
         return quantize_params(model.params, kind, group=group, bits=bits, keep_float=keep)
-    cal = calibration_batches(dataset, args.calib_batches or DEFAULT_CALIB, CALIB_BATCH)
+    cal = calibration_batches(calibration_windows(dataset, args.calib_length), args.calib_batches or DEFAULT_CALIB,
+                              CALIB_BATCH)
     if args.smooth is not None:
         from .smoothquant import smooth_model
 
@@ -332,7 +347,7 @@ def _quantized_params(model, dataset, scheme, args) -> dict:
     if args.method == "gptq":
         from .gptq import gptq_params
 
-        return gptq_params(model, cal, kind, bits, group, keep_float=keep)[0]
+        return gptq_params(model, cal, kind, bits, group, keep_float=keep, progress=True)[0]
     if args.method == "awq":
         from .awq import awq_model
 
@@ -340,12 +355,23 @@ def _quantized_params(model, dataset, scheme, args) -> dict:
     return quantize_params(model.params, kind, group=group, bits=bits, keep_float=keep)
 
 
+def calibration_windows(dataset, length=None):
+    """The dataset cut in windows of `length` tokens (default: its block size, at most CALIB_LENGTH)
+    for drawing calibration batches; the token ids are shared, not copied."""
+    from ..data import Dataset
+
+    T = min(dataset.block_size, CALIB_LENGTH) if length is None else length
+    if not 1 <= T <= dataset.block_size:
+        raise MinigptError(f"--calib-length must be from 1 to the model's block size {dataset.block_size}, got {T}")
+    return dataset if T == dataset.block_size else Dataset(dataset.train, dataset.val, T)
+
+
 def _method_note(args) -> str:
     parts = [] if args.method == "rtn" else [f"method {args.method}"]
     if args.smooth is not None:
         parts.append(f"SmoothQuant alpha {args.smooth:g}")
     if parts:
-        parts.append(f"{args.calib_batches or DEFAULT_CALIB} calibration batches of {CALIB_BATCH}")
+        parts.append(f"{args.calib_batches or DEFAULT_CALIB} calibration batches of {CALIB_BATCH} windows")
     return "".join(f", {p}" for p in parts)
 
 

@@ -46,8 +46,11 @@ Whole model (gptq_model): block by block, the Hessians of a block's four
 linear layers from their inputs in the model whose earlier blocks are
 already quantized (so later blocks correct for earlier errors, as in the
 paper), all four layers of a block from one pass (the reference code's
-default; its "true sequential" mode is not done here). The output is the
-plain-array format of quantize_params.
+default; its "true sequential" mode is not done here). The calibration
+sequences' hidden states are carried from block to block
+(minigpt.blockwise), so no logits are computed and the inputs of one
+block for one batch are in memory at a time: H is summed over batches.
+The output is the plain-array format of quantize_params.
 """
 from __future__ import annotations
 
@@ -60,11 +63,14 @@ from ..kernels.int_matmul_ref import pack_int4
 from ..kernels.quantizer import int_range, quantize, quantize_tensor
 from ..layers.block import LINEARS
 from ..layers.quantized_linear import dequantize
+from ..blockwise import BlockInputs
 from ..model import GPT
+from ..progress import tqdm
 from .weights import BITS, check_scheme, is_quantized, weight_arrays
 
 DAMP = 0.01
 BLOCK_SIZE = 128
+PROGRESS_DELAY = 2.0  # seconds: a small model finishes before any bar appears
 KINDS = ("int8", "int4", "w8a8")  # the llama.cpp block formats have their own fixed grids
 
 
@@ -81,9 +87,47 @@ def inverse_cholesky(H, damp=DAMP) -> np.ndarray:
     dead = np.diag(H) == 0
     H[dead, dead] = 1.0
     H[np.diag_indices_from(H)] += damp * np.mean(np.diag(H))
-    L = np.linalg.cholesky(H)  # H = L L^T
-    L_inv = np.linalg.inv(L)
-    return np.linalg.cholesky(L_inv.T @ L_inv).T  # H^-1 = L^-T L^-1 = U^T U
+    # With J the flip (reversal) matrix, J H J = M M^T (M lower) gives H = V V^T, V = J M J upper,
+    # so H^-1 = V^-T V^-1 = U^T U with U = V^-1 = J M^-1 J: one Cholesky and one triangular inverse
+    M = cholesky(H[::-1, ::-1])  # (K, K) lower
+    return np.ascontiguousarray(lower_inverse(M)[::-1, ::-1])
+
+
+_LEAF = 256  # below this size LAPACK is called directly
+
+
+def cholesky(A) -> np.ndarray:
+    """Lower L with L L^T = A (symmetric positive definite), recursively in halves:
+
+        [A11 A21^T]   [L11  0 ] [L11^T L21^T]     L11 = chol(A11), L21 = A21 L11^-T,
+        [A21 A22  ] = [L21 L22] [ 0    L22^T],    L22 = chol(A22 - L21 L21^T)
+
+    so the work is in matrix products. (OpenBLAS's own potrf on two threads of a
+    busy machine took 5-7 s for K = 3072, ten times its one-thread time; this takes
+    well under a second either way.)"""
+    n = A.shape[0]
+    if n <= _LEAF:
+        return np.linalg.cholesky(A)
+    k = n // 2
+    L11 = cholesky(A[:k, :k])
+    L21 = A[k:, :k] @ lower_inverse(L11).T  # (n - k, k)
+    L = np.zeros_like(A)
+    L[:k, :k], L[k:, :k] = L11, L21
+    L[k:, k:] = cholesky(A[k:, k:] - L21 @ L21.T)
+    return L
+
+
+def lower_inverse(L) -> np.ndarray:
+    """L^-1 of a lower-triangular L, recursively: [[A, 0], [B, C]]^-1 = [[A^-1, 0], [-C^-1 B A^-1, C^-1]]."""
+    n = L.shape[0]
+    if n <= _LEAF:
+        return np.tril(np.linalg.inv(L))
+    k = n // 2
+    Ai, Ci = lower_inverse(L[:k, :k]), lower_inverse(L[k:, k:])
+    out = np.zeros_like(L)
+    out[:k, :k], out[k:, k:] = Ai, Ci
+    out[k:, :k] = -Ci @ (L[k:, :k] @ Ai)
+    return out
 
 
 def _up_to_date(W, Err, U, b0, i, b1, rows_end):
@@ -143,13 +187,14 @@ def output_error(w, w_hat, H) -> float:
 
 
 def gptq_params(model: GPT, batches, kind="int4", bits=None, group=32, damp=DAMP, block_size=BLOCK_SIZE,
-                keep_float=()) -> tuple[dict, dict]:
+                keep_float=(), progress=False) -> tuple[dict, dict]:
     """(params, errors): model's block linears quantized with GPTQ, in the format
     quantize_params(model.params, kind, group, bits) writes; errors is
     {layer: {"rtn": E, "gptq": E}}, the output error ||X W - X W_hat||^2 / M on
     the calibration inputs that layer saw, for RTN's and GPTQ's W_hat.
 
     batches: calibration token ids, each (B, T) (minigpt.quant.rescale.calibration_batches).
+    progress: a bar over the blocks, shown once the run has taken PROGRESS_DELAY seconds.
     """
     bits = bits or max(BITS.get(kind, (8,)))
     if kind not in KINDS:
@@ -162,37 +207,49 @@ def gptq_params(model: GPT, batches, kind="int4", bits=None, group=32, damp=DAMP
         raise ConfigError("GPTQ needs at least one calibration batch")
     g = None if kind != "int4" else group
     out, work, errors = dict(model.params), dict(model.params), {}
-    for i in range(model.config.n_layer):
+    runner = BlockInputs(model, batches)  # hidden states block by block: no logits, one block's caches
+    L = model.config.n_layer
+    for i in tqdm(range(L), desc="GPTQ", unit="block", delay=PROGRESS_DELAY, disable=not progress):
         layers = [f"h.{i}.{n}" for n in LINEARS if f"h.{i}.{n}.weight" in model.params  # not sparse
                   and not any(fnmatch.fnmatchcase(f"h.{i}.{n}", p) for p in keep_float)]
-        if not layers:
-            continue
-        H = _block_hessians(GPT(model.config, params=work, backend=model.backend), batches, layers)
-        for layer in layers:
-            w = model.params[layer + ".weight"]
-            try:
-                q, scales = gptq_quantize(w, H[layer], bits, g, damp, block_size)
-            except ConfigError as e:
-                raise ConfigError(f"{layer}: {e}") from None
-            arrays = stored_arrays(q, scales, kind, g)
-            w_hat = dequantize({"format": kind, **arrays}).astype(w.dtype)
-            rtn = dequantize({"format": kind, **weight_arrays(w, kind, bits, g)})
-            errors[layer] = {"rtn": output_error(w, rtn, H[layer]), "gptq": output_error(w, w_hat, H[layer])}
-            del out[layer + ".weight"]
-            out.update({f"{layer}.weight.{k}": a for k, a in arrays.items()})
-            work[layer + ".weight"] = w_hat  # later blocks see this block's quantized output
+        if layers:
+            _quantize_block(model, runner, i, layers, work, out, errors, kind, bits, g, damp, block_size)
+        if i + 1 < L:
+            runner.advance(i, work)  # later blocks see this block's quantized output
     return out, errors
 
 
-def _block_hessians(model, batches, layers) -> dict:
-    """{layer: H (K, K)} from the layers' inputs over all batches (a mean over every token)."""
+def _quantize_block(model, runner, i, layers, work, out, errors, kind, bits, g, damp, block_size):
+    """GPTQ of block i's layers from their Hessians; out gets the stored arrays, work the dequantized weights."""
+    H = _block_hessians(runner, i, work, layers)
+    for layer in layers:
+        w = model.params[layer + ".weight"]
+        try:
+            q, scales = gptq_quantize(w, H[layer], bits, g, damp, block_size)
+        except ConfigError as e:
+            raise ConfigError(f"{layer}: {e}") from None
+        arrays = stored_arrays(q, scales, kind, g)
+        w_hat = dequantize({"format": kind, **arrays}).astype(w.dtype)
+        rtn = dequantize({"format": kind, **weight_arrays(w, kind, bits, g)})
+        errors[layer] = {"rtn": output_error(w, rtn, H[layer]), "gptq": output_error(w, w_hat, H[layer])}
+        del out[layer + ".weight"]
+        out.update({f"{layer}.weight.{k}": a for k, a in arrays.items()})
+        work[layer + ".weight"] = w_hat  # the next blocks' inputs come through the quantized block
+
+
+def _block_hessians(runner, i, params, layers) -> dict:
+    """{layer: H (K, K)} of block i's layers from their inputs over all batches (a mean over
+    every token), summed batch by batch: one batch's inputs in memory, never all of them."""
     sums, count = {}, 0
-    for idx in batches:
-        acts = model.activations(idx)
+    for acts in runner.inputs(i, params):
         for layer in layers:
-            x = acts[layer].reshape(-1, acts[layer].shape[-1]).astype(np.float64)  # (B T, K)
-            sums[layer] = sums.get(layer, 0.0) + x.T @ x
-        count += idx.size
+            x = acts[layer[len(f"h.{i}."):]]
+            x = x.reshape(-1, x.shape[-1])  # (B T, K)
+            # X^T X in the model's dtype, summed in float64: a float32 product of one batch
+            # (rel. error ~1e-6) is far inside the 1% damping, and at GPT-2 small's mlp.c_proj
+            # (K = 3072) it is twice as fast as float64
+            sums[layer] = sums.get(layer, 0.0) + (x.T @ x).astype(np.float64)
+        count += x.shape[0]
     return {layer: 2.0 * s / count for layer, s in sums.items()}
 
 
