@@ -206,3 +206,25 @@ def test_the_visible_tests_run_under_pytest(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_hw_distillation.py"],
                          cwd=stub, capture_output=True, text=True)
     assert bad.returncode == 1 and "not written yet (NotImplementedError)" in bad.stdout and "seed " in bad.stdout
+
+
+def test_submissions_with_the_same_folder_name_get_separate_results(tmp_path, capsys):
+    for group in ("a", "b"):
+        release("distillation", tmp_path / group / "hw", solutions=True)
+    out = tmp_path / "results"
+    code, _, _ = _run(["assignment", "grade", str(tmp_path / "a" / "hw"), str(tmp_path / "b" / "hw"),
+                       "--json", str(out)], capsys)
+    files = sorted(p.name for p in out.iterdir())
+    assert code == 0 and len(files) == 2 and all(f.endswith("_hw.json") for f in files)
+
+
+def test_a_seed_reproduces_a_report(tmp_path, capsys):
+    a = get("backprop")
+    text = module_text(a, solutions=True).replace("dz *= dloss / N", "dz *= dloss")
+    d = release("backprop", tmp_path / "ws")
+    (d / "hw_backprop.py").write_text(text)
+    runs = [_run(["assignment", "check", str(d), "--part", "cross_entropy", "--seed", "99"], capsys)[1]
+            for _ in range(2)]
+    assert runs[0] == runs[1] and "relative error" in runs[0]
+    other = _run(["assignment", "check", str(d), "--part", "cross_entropy", "--seed", "100"], capsys)[1]
+    assert other != runs[0]  # other draws: other shapes, other numbers

@@ -95,8 +95,8 @@ def cmd_grade(args):
     _check_timeout(args)
     dirs = [Path(d) for d in args.dirs]
     labels = [d.resolve().name or str(d) for d in dirs]
-    if len(set(labels)) < len(labels):
-        labels = [str(d) for d in dirs]
+    if len(set(labels)) < len(labels):  # same folder names under different parents: name by the path
+        labels = ["_".join(d.resolve().parts[1:]) for d in dirs]
     assignments = [open_workspace(d, args.assignment) for d in dirs]  # every error before any grading
     if len({a.name for a in assignments}) > 1:
         raise ClassroomError("the submissions hold different assignments ("
