@@ -244,3 +244,11 @@ def test_a_runaway_allocation_costs_its_part_only(tmp_path):
     # 6 GB untouched: without the worker's 4 GB address-space cap np.empty would succeed
     (r,) = run_parts(a, _write(tmp_path, "distillation", text), SEED)
     assert r.score == 0 and "MemoryError" in r.checks[0].message
+
+
+def test_a_students_own_assert_is_reported_with_its_line(tmp_path):
+    a = get("backprop")
+    text = module_text(a, solutions=True).replace("    x, t = cache\n", "    x, t = cache\n    assert x.ndim == 9, 'my shape check'\n")
+    results = {r.part: r for r in run_parts(a, _write(tmp_path, "backprop", text), SEED, parts=["gelu"])}
+    msg = results["gelu"].checks[1].message
+    assert msg.startswith("AssertionError: my shape check (at hw_backprop.py line") and results["gelu"].score == 1

@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from .assignments import Assignment, get
+from .checks.common import CheckFailed
 from .markers import unit
 from .swap import library_object, swapped
 
@@ -184,7 +185,7 @@ def run_part(assignment: Assignment, part_name: str, module, seed: int, load_err
                 try:
                     detail = fn()
                     result.checks.append(CheckResult(name, declared[name], True, detail or "ok"))
-                except AssertionError as e:  # CheckFailed
+                except CheckFailed as e:
                     result.checks.append(CheckResult(name, declared[name], False, str(e)))
                 except Exception as e:  # noqa: BLE001 - the student's code raised
                     result.checks.append(CheckResult(name, declared[name], False,
