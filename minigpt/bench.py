@@ -646,7 +646,4 @@ def register(sub):
                                    "each as speed-ups over one named baseline.")
     p.add_argument("--quick", action="store_true", help="fewer sizes and repeats (under a minute)")
     p.add_argument("--json", metavar="FILE", help="also write the numbers to FILE as JSON")
-    from .cli import add_threads_option
-
-    add_threads_option(p)
     p.set_defaults(func=cmd_bench)

@@ -38,6 +38,9 @@ def _shape_default(name):
 BACKEND_HELP = "kernels: numpy (the reference) | numba (default: numba)"
 
 
+THREADED_COMMANDS = ("train", "sample", "eval", "bench", "tour")  # the tour's chapters inherit it (environment)
+
+
 def add_threads_option(p):
     """--threads N: one budget for numba's kernels and BLAS (applied in main())."""
     p.add_argument("--threads", type=int, metavar="N",
@@ -87,7 +90,6 @@ def _add_train(sub):
     g.add_argument("--dropout", type=float, help="drop probability while training " + _shape_default("dropout"))
     g.add_argument("--dtype", choices=["float32", "float64"], help="float32 | float64 (default: float32)")
     p.add_argument("--backend", help=BACKEND_HELP)
-    add_threads_option(p)
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar: print one line per validation instead (for logs)")
     p.add_argument("--qat", action="store_true",
@@ -112,7 +114,6 @@ def _add_sample(sub):
     p.add_argument("--seed", type=int, default=0, help="random seed of the sampler (default: %(default)s)")
     p.add_argument("--no-kv-cache", action="store_true", help="recompute the whole context every token")
     p.add_argument("--backend", help=BACKEND_HELP)
-    add_threads_option(p)
     p.set_defaults(func=cmd_sample)
 
 
@@ -128,7 +129,6 @@ def _add_eval(sub):
     p.add_argument("--batch-size", type=int, default=32, help="windows per batch (default: %(default)s)")
     p.add_argument("--max-batches", type=int, help="stop after this many batches (default: the whole split)")
     p.add_argument("--backend", help=BACKEND_HELP)
-    add_threads_option(p)
     p.set_defaults(func=cmd_eval)
 
 
@@ -149,6 +149,8 @@ def build_parser():
     __import__("minigpt.bench").bench.register(sub)  # minigpt bench (imported here: numba loads lazily)
     __import__("minigpt.prune.cli").prune.cli.register(sub)  # minigpt prune
     __import__("minigpt.distill.cli").distill.cli.register(sub)  # minigpt distill
+    for name in THREADED_COMMANDS:  # (added here: the tour's and bench's modules need not import this one)
+        add_threads_option(sub.choices[name])
     __import__("minigpt.classroom.cli").classroom.cli.register(sub)  # minigpt assignment
     return parser
 

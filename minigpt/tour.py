@@ -147,7 +147,4 @@ def register(sub):
     p.add_argument("--book-figures", action="store_true",
                    help="regenerate the committed figures in figures/ from full runs (refuses fast mode)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar over the chapters")
-    from .cli import add_threads_option  # (the chapters inherit the budget through the environment)
-
-    add_threads_option(p)
     p.set_defaults(func=lambda a: (run_tour(a.only, a.cache_dir, a.fast, not a.no_progress, a.book_figures), 0)[1])
