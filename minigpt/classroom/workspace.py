@@ -82,8 +82,8 @@ def chapter_sections(chapter: str, prefixes) -> list[str]:
             if level is None and any(("#" * depth + " " + title).startswith(p) for p in prefixes):
                 level = depth
                 out.append("")
-        if level is not None:
-            out.append(text)
+        if level is not None:  # headings one level down: they sit under the handout's own
+            out.append("#" + text if text.startswith("#") else text)
     return out
 
 
