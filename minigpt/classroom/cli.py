@@ -17,17 +17,24 @@ def register(sub):
                                    "differences on fresh random inputs (NumPy only).")
     from ..cli import _Parser  # one-line errors, exit status 2
 
-    s = p.add_subparsers(dest="assignment_command", required=True, parser_class=_Parser)
+    s = p.add_subparsers(dest="assignment_command", metavar="{release,check,grade,list}", required=True,
+                         parser_class=_Parser)
     r = s.add_parser("release", help="write a student workspace for an assignment")
     r.add_argument("name", help="the assignment (minigpt assignment list)")
     r.add_argument("dir", help="a new or empty directory")
     r.set_defaults(func=cmd_release)
-    c = s.add_parser("check", help="run the checks on a workspace and print the score per part")
+    c = s.add_parser("check", help="run the checks on a workspace and print the score per part",
+                     description="Run the assignment's checks on the workspace's module, each part in a worker "
+                                 "process with a time limit, on inputs drawn from a fresh seed (printed). "
+                                 "Exit status 0 at full marks, 1 otherwise.")
     c.add_argument("dir", nargs="?", default=".", help="the workspace (default: the current directory)")
     c.add_argument("--part", help="one part only (default: all)")
     _common(c)
     c.set_defaults(func=cmd_check)
-    g = s.add_parser("grade", help="grade submissions into one table (and autograder results JSON)")
+    g = s.add_parser("grade", help="grade submissions into one table (and autograder results JSON)",
+                     description="Grade each submission folder with one seed for all, print one table "
+                                 "(a row per submission, a column per part) and, with --json, the autograder "
+                                 'results format {"score", "tests": [{"name", "score", "max_score", "output"}]}.')
     g.add_argument("dirs", nargs="+", metavar="DIR", help="submission folders (each holds hw_NAME.py)")
     g.add_argument("--assignment", metavar="NAME",
                    help="grade as this assignment (default: each folder's manifest; needed when the folders "
