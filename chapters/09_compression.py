@@ -54,7 +54,7 @@ from minigpt.train import evaluate
 
 FAST = fast_mode()
 T0 = time.perf_counter()
-teacher, dataset, teacher_ckpt = trained_model("tiny", progress=False)  # chapter 1's model, from the cache
+teacher, dataset, teacher_ckpt = trained_model("tiny")  # chapter 1's model, from the cache
 WORK = cache_dir() / "09_compression" / ("fast" if FAST else "full")
 WORK.mkdir(parents=True, exist_ok=True)
 # the teacher as an inference checkpoint, with its training settings (distill and QAT derive theirs from them)
@@ -145,7 +145,8 @@ def _cached_student(name):
     return WORK / f"cache-{name}-{h.hexdigest()[:12]}.npz"
 
 
-MADE = {"teacher": 0.0}  # artefact -> seconds its command took (0 when reused)
+MADE = {"teacher": 0.0}  # artefact -> seconds its command took
+REUSED = set()  # distilled students copied from the cache
 
 
 def make(name):
@@ -157,6 +158,7 @@ def make(name):
     t0 = time.perf_counter()
     if cached is not None and cached.exists():
         shutil.copyfile(cached, WORK / f"{name}.npz")
+        REUSED.add(name)
     else:
         argv = command_line(name).split()[1:] + REPORT[command]
         code, out = run(argv)
@@ -242,8 +244,8 @@ t_grid = time.perf_counter()
 for name in ART:
     make(name)
 grid_seconds = time.perf_counter() - t_grid
-print(f"{len(ART)} artefacts made by {len(ART)} commands ({sum(v > 0 for v in MADE.values())} run now, "
-      f"{grid_seconds:.0f} s for the grid after section 1)")
+print(f"{len(ART)} artefacts, one command each ({len(REUSED)} distilled students reused from the cache: "
+      f"{', '.join(sorted(REUSED)) or 'none'}); {grid_seconds:.0f} s for the grid after section 1")
 
 
 def family(name) -> str:
@@ -354,7 +356,9 @@ def draw(ax, xkey, front, xlabel, logx):
         if ns:
             ax.scatter([rows[n][xkey] for n in ns], [rows[n]["loss"] for n in ns], c=COLORS[fam], label=fam,
                        marker="*" if fam == "teacher" else "o", s=120 if fam == "teacher" else 30, zorder=3)
-    fx, fy = [rows[n][xkey] for n in front], [rows[n]["loss"] for n in front]
+    # left to right: a frontier point's loss holds from it towards worse x (larger bytes, fewer tokens/s)
+    line = sorted(front, key=lambda n: rows[n][xkey])
+    fx, fy = [rows[n][xkey] for n in line], [rows[n]["loss"] for n in line]
     ax.plot(fx, fy, "k-", drawstyle="steps-post" if xkey == "bytes" else "steps-pre", lw=1, alpha=0.6,
             label="Pareto frontier", zorder=2)
     for n in front:
@@ -451,6 +455,9 @@ for fam in COLORS:
 print(f"smallest within {BUDGET} nats, by order of methods:")
 for fam, n in sorted(by_family.items(), key=lambda kv: rows[kv[1]]["bytes"]):
     print(f"  {fam:<28} {n:<18} {T_BYTES / rows[n]['bytes']:5.1f}x smaller, loss {rows[n]['loss'] - T_LOSS:+.4f}")
+beyond = [n for n in front_b if rows[n]["loss"] > T_LOSS + BUDGET]
+print(f"beyond the budget the frontier continues with: " + ", ".join(f"{n} ({rows[n]['family']}, "
+      f"{T_BYTES / rows[n]['bytes']:.1f}x, {rows[n]['loss'] - T_LOSS:+.3f})" for n in beyond))
 missing = [f for f in COLORS if f != "teacher" and f not in by_family and any(rows[n]["family"] == f for n in NAMES)]
 print("  no variant within the budget: " + (", ".join(missing) or "(none)"))
 
@@ -478,9 +485,20 @@ def zero_fraction(name):
     return sum(int((w == 0).sum()) for w in ws) / sum(w.size for w in ws)
 
 
+def pruned_kept(pruned, quantized):
+    """The fraction of `pruned`'s zero weights that are still exactly 0 in `quantized` (dequantized)."""
+    from minigpt.quant.weights import dequantize_params, is_quantizable
+
+    p, q = models[pruned].params, dequantize_params(models[quantized].params)
+    zero = [(p[k] == 0, q[k]) for k in p if is_quantizable(k)]
+    return sum(int((w[z] == 0).sum()) for z, w in zero) / sum(int(z.sum()) for z, _ in zero)
+
+
 zeros = {n: zero_fraction(n) for n in ("m50ft", "m50ft-g4", "g4")}
+kept = pruned_kept("m50ft", "m50ft-g4")
 print("zeros in the block linears: " + ", ".join(f"{n} {z:.1%}" for n, z in zeros.items())
-      + " (GPTQ's updates of the later rows move pruned weights off 0; int4 rounds small weights to 0)")
+      + f"; of m50ft's pruned weights, {kept:.1%} are still 0 after GPTQ (its updates of later rows move the "
+        f"rest off 0), and int4 rounds small surviving weights to 0")
 print(f"distillation alone: s64 {rows['s64']['loss'] - T_LOSS:+.4f} nats at {T_BYTES / rows['s64']['bytes']:.1f}x "
       f"smaller; s32x2 {rows['s32x2']['loss'] - T_LOSS:+.4f} at {T_BYTES / rows['s32x2']['bytes']:.1f}x")
 fastest = front_s[0]
@@ -504,9 +522,9 @@ print(f"chapter time so far: {time.perf_counter() - T0:.0f} s")
 # ordinary dense model, so quantization applies to it unchanged and the
 # ratios compound, which is why the chains that end in quantization sit at
 # the small end of the frontier. Unstructured pruning does not compose with
-# our integer formats: the zeros are stored like any other weight (and GPTQ's
-# error updates fill them in), so `m50ft-g4` costs as many bytes as `g4`
-# while its loss pays for the pruning. The order is forced, not only better:
+# our integer formats: the zeros are stored like any other weight (and
+# GPTQ's error updates move some of them off zero, as printed above), so
+# `m50ft-g4` costs as many bytes as `g4` while its loss pays for the pruning. The order is forced, not only better:
 # quantize last, because nothing can be pruned or trained the ordinary way
 # after it (QAT being the exception that fine-tunes the integer model
 # itself), and fine-tune after each lossy step while the weights are still
@@ -541,9 +559,9 @@ print(f"chapter time so far: {time.perf_counter() - T0:.0f} s")
 #   before quantization is the better order, and that even then the
 #   compounded error can be large. Kuzmin et al. (NeurIPS 2023, "Pruning vs
 #   Quantization: Which is Better?") find quantization ahead of pruning at
-#   equal compression in most of their cases. Our grid agrees on the order,
-#   but a tiny model and one corpus cannot say how large the interaction is
-#   at scale.
+#   equal compression in most of their cases. Here the order is not a
+#   choice (these commands cannot prune integer weights), and a tiny model on
+#   one corpus cannot say how large the interaction is at scale.
 #
 # The CSR formula against the stored arrays, and the numbers of one full
 # run, printed in one place:
