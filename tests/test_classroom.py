@@ -37,7 +37,8 @@ MISTAKES = {
         "adamw": ("bc1 = 1.0 - b1**self.t\n        bc2 = 1.0 - b2**self.t", "bc1 = bc2 = 1.0",
                   "bias corrections 1 - beta^t look missing"),
         "schedule": ("return lr * (step + 1) / warmup_steps", "return lr * step / warmup_steps", "off by one"),
-        "clipping": ("            g *= scale\n    return norm", "            g *= scale\n    return min(norm, max_norm)",
+        "clipping": ("            g *= scale\n    return norm",
+                     "            g *= scale\n    return min(norm, max_norm)",
                      "norm after clipping"),
     },
     "pruning": {
@@ -248,7 +249,8 @@ def test_a_runaway_allocation_costs_its_part_only(tmp_path):
 
 def test_a_students_own_assert_is_reported_with_its_line(tmp_path):
     a = get("backprop")
-    text = module_text(a, solutions=True).replace("    x, t = cache\n", "    x, t = cache\n    assert x.ndim == 9, 'my shape check'\n")
+    text = module_text(a, solutions=True).replace(
+        "    x, t = cache\n", "    x, t = cache\n    assert x.ndim == 9, 'my shape check'\n")
     results = {r.part: r for r in run_parts(a, _write(tmp_path, "backprop", text), SEED, parts=["gelu"])}
     msg = results["gelu"].checks[1].message
     assert msg.startswith("AssertionError: my shape check (at hw_backprop.py line") and results["gelu"].score == 1

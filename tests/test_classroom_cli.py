@@ -112,7 +112,8 @@ def test_grade_a_bare_submission_as_a_named_assignment(tmp_path, capsys):
 def test_the_module_entry_point_prints_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "minigpt", "assignment", "release", "nope", str(tmp_path / "x")],
                        capture_output=True, text=True)
-    assert r.returncode == 2 and r.stderr.startswith("minigpt: error: unknown assignment") and "Traceback" not in r.stderr
+    assert r.returncode == 2 and r.stderr.startswith("minigpt: error: unknown assignment")
+    assert "Traceback" not in r.stderr
 
 
 @pytest.mark.parametrize("name", list(ASSIGNMENTS))

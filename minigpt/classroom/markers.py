@@ -134,7 +134,8 @@ def module_units(module: str) -> dict[str, Unit]:
             if blocks:
                 marked.append(qual)
                 for b, e in blocks:
-                    replace[b] = (e, f"{_indent(lines[b])}raise NotImplementedError({STUB_MESSAGE.format(qual=qual)!r})")
+                    stub_line = f"{_indent(lines[b])}raise NotImplementedError({STUB_MESSAGE.format(qual=qual)!r})"
+                    replace[b] = (e, stub_line)
                     claimed.update(range(b, e + 1))
                     last = max(last, e + 1)
         if not marked:

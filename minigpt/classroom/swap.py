@@ -33,7 +33,8 @@ def _tables():
 
 def _minigpt_modules():
     return [m for name, m in list(sys.modules.items())
-            if m is not None and (name == "minigpt" or name.startswith("minigpt.")) and not name.startswith("minigpt.classroom")]
+            if m is not None and (name == "minigpt" or name.startswith("minigpt."))
+            and not name.startswith("minigpt.classroom")]
 
 
 @contextmanager

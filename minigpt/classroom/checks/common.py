@@ -33,7 +33,8 @@ def matching_hint(got, hints, tol) -> str:
     """The description of the first variant the result matches, or ''."""
     for text, variant in hints:
         variant = np.asarray(variant, dtype=np.float64)
-        if variant.shape == got.shape and np.all(np.isfinite(variant)) and relative_error(got, variant) < max(tol, 1e-9) * 10:
+        if variant.shape == got.shape and np.all(np.isfinite(variant)) \
+                and relative_error(got, variant) < max(tol, 1e-9) * 10:
             return text
     return ""
 

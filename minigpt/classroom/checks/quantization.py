@@ -45,7 +45,8 @@ def check_affine(hw, rng):
                        np.where((hi - lo) > 0, (hi - lo) / (2**bits - 1), 1.0)),
                       ] if not symmetric else []
             compare(f"{kind} {bits}-bit scale for {n} ranges (one all zeros, one positive only)", s, ws,
-                    FORWARD_TOL, hint_s + [("an all-zero range must get s = 1, not 0 or nan", np.where(ws == 1, 0, ws))])
+                    FORWARD_TOL, hint_s + [("an all-zero range must get s = 1, not 0 or nan",
+                                            np.where(ws == 1, 0, ws))])
             compare_exact(f"{kind} {bits}-bit zero point", np.asarray(z), wz,
                           [("the zero point's sign looks flipped: z = q_min - round(lo' / s)",
                             np.clip(_range(bits, symmetric)[0] + np.rint(np.minimum(lo, 0) / ws),
@@ -64,7 +65,8 @@ def check_affine(hw, rng):
                       f"(exact halves and out-of-range values included)", np.asarray(q), want,
                       [("that rounds halves away from zero or up; np.rint rounds half to even",
                         np.clip(np.floor(x / s + 0.5) + z, qmin, qmax)),
-                       ("that truncates (floor); round to nearest with np.rint", np.clip(np.floor(x / s) + z, qmin, qmax)),
+                       ("that truncates (floor); round to nearest with np.rint",
+                        np.clip(np.floor(x / s) + z, qmin, qmax)),
                        ("the clamp to [q_min, q_max] looks missing", np.rint(x / s) + z)])
         if np.asarray(q).dtype.kind not in "iu":
             raise CheckFailed(f"quantize returned {np.asarray(q).dtype}; integers are expected (int8 / uint8)")
