@@ -41,12 +41,14 @@ def _numba_ops() -> dict:
     from .kernels.gelu import gelu_backward, gelu_forward
     from .kernels.int_matmul import int4_weight_matmul, int8_weight_matmul, quantized_linear_int8
     from .kernels.layernorm import layernorm_backward, layernorm_forward
+    from .kernels.matmul import linear_backward, linear_forward
     from .kernels.sparse import sparse_matmul
 
     return {
         "attention": (attention_forward, attention_backward),
         "gelu": (gelu_forward, gelu_backward),
         "layernorm": (layernorm_forward, layernorm_backward),
+        "linear": (linear_forward, linear_backward),  # BLAS products split over one passive thread pool
         "int8_weight_matmul": (int8_weight_matmul, None),  # forward only: integer weights are frozen
         "int4_weight_matmul": (int4_weight_matmul, None),
         "sparse_matmul": (sparse_matmul, None),  # forward only: a sparse weight is frozen

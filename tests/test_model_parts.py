@@ -279,9 +279,9 @@ def test_op_table_lists_every_backend_and_kernel_without_special_imports():
     code = ("from minigpt.ops import BACKENDS, kernel_pairs; "
             "print(sorted(BACKENDS)); print(sorted(op for _, op, _ in kernel_pairs()))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.splitlines() == ["['numba', 'numpy']", "['attention', 'gelu', 'layernorm']"]
+    assert out.splitlines() == ["['numba', 'numpy']", "['attention', 'gelu', 'layernorm', 'linear']"]
     assert op_table("numpy") is op_table("numpy")  # built once, never mutated by imports
-    assert {op for _, op, _ in kernel_pairs()} == {"attention", "gelu", "layernorm"}
+    assert {op for _, op, _ in kernel_pairs()} == {"attention", "gelu", "layernorm", "linear"}
 
 
 def _modules():

@@ -36,6 +36,7 @@ def threads_for(work):
 # finds the BLAS library NumPy actually loaded (OpenBLAS, MKL or BLIS, each
 # with its own set_num_threads call), which a hand-written ctypes lookup
 # would have to guess; without it, BLAS is left at its own default.
+_blas_single = False  # set by single_thread_blas(): the split products (kernels/matmul.py) are in use
 ENV_VARS = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -61,6 +62,9 @@ def max_threads() -> int:
 def set_threads(n: int, environ=None) -> None:
     """Numba kernels and BLAS both on n threads from now on (n <= max_threads()).
 
+    Once minigpt.kernels.matmul splits products over its own pool, BLAS stays
+    on one thread and the pool uses n (numba's count) instead.
+
     Also writes the count into the environment (environ, default os.environ),
     so that processes started from here (the tour's chapters) get the same budget.
     """
@@ -75,8 +79,18 @@ def set_threads(n: int, environ=None) -> None:
         env[var] = str(n)
     numba.set_num_threads(n)
     blas = _blas_controller()
+    if blas is not None:  # stays in force (the returned context is not undone)
+        blas.limit(limits=1 if _blas_single else n)  # once split products run, BLAS stays on one thread
+
+
+def single_thread_blas() -> None:
+    """BLAS on one thread from now on: minigpt.kernels.matmul supplies the
+    parallelism with its own passive pool (see there why)."""
+    global _blas_single
+    _blas_single = True
+    blas = _blas_controller()
     if blas is not None:
-        blas.limit(limits=n)  # stays in force: the returned context is not undone
+        blas.limit(limits=1)
 
 
 def blas_threads():

@@ -1,0 +1,113 @@
+"""Matrix products split over a pool of Python threads, BLAS on one thread in each,
+and the linear layer built on them (the numba backend's "linear" op).
+
+Same op as minigpt.layers.linear (the NumPy reference that defines it):
+    out = x @ w + b;   dx = dout @ w^T,  dw = x^T dout,  db = sum of dout's rows
+
+Why not let BLAS thread the products itself. A training step alternates
+BLAS products with numba kernels, and the two libraries' pools then take the
+cores from each other. Measured on a 2-core Xeon (family 6 model 207) shared
+with other work, one process, variants interleaved, small char-level shape
+(4 layers, 128 wide, block 64, batch 12): OpenBLAS on 2 threads 1,200-2,300 ms
+a step, OpenBLAS on 1 thread 130-280 ms, the products split over two Python
+threads with OpenBLAS on 1 thread in each 63-77 ms. OpenBLAS's own pool,
+whose threads wait for work actively, was as slow with OPENBLAS_THREAD_TIMEOUT
+at its minimum. Python threads wait for work on a lock, passively, like
+numba's OpenMP threads here (OMP_WAIT_POLICY=PASSIVE, kernels/__init__.py),
+so whichever library runs gets the cores. NumPy releases the GIL inside a
+product, so the threads run in parallel.
+
+The budget is numba's thread count (set_threads sets it, with --threads):
+a product is split into that many pieces, or fewer if a piece would be
+under MIN_FLOPS (handing work to a thread costs ~10-20 us). The first
+split product sets the BLAS library to one thread for the rest of the
+process (threads.single_thread_blas), because a multi-threaded BLAS call
+inside a piece would start BLAS's own pool again.
+"""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+import numpy as np
+
+MIN_FLOPS = 1 << 22  # 4 MFLOP, ~30 us on one AVX-512 core: less is not worth a hand-off
+MIN_ROWS = 8  # fewer rows per piece: split the columns instead (decoding: one row)
+
+_lock = threading.Lock()
+_executor, _workers = None, 0
+
+
+def _pool(n_pieces):
+    """The thread pool for n_pieces - 1 pieces (the caller computes one itself)."""
+    global _executor, _workers
+    with _lock:
+        if _workers < n_pieces - 1:
+            from .threads import single_thread_blas
+
+            single_thread_blas()
+            old = _executor
+            _executor, _workers = ThreadPoolExecutor(n_pieces - 1, thread_name_prefix="minigpt-matmul"), n_pieces - 1
+            if old is not None:
+                old.shutdown(wait=False)
+        return _executor
+
+
+def pieces_for(M, K, N, threads=None):
+    """Into how many pieces to split an (M, K) x (K, N) product."""
+    threads = numba.get_num_threads() if threads is None else threads
+    return max(1, min(threads, 2 * M * K * N // MIN_FLOPS))
+
+
+def _bounds(total, n):
+    edges = [total * i // n for i in range(n + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def matmul(a, b):
+    """a @ b for 2-D a (M, K) and b (K, N) (any strides BLAS accepts, e.g. transposed
+    views), its rows (or, for few rows, its columns) split over the thread budget."""
+    M, K = a.shape
+    N = b.shape[1]
+    n = pieces_for(M, K, N)
+    if n == 1:
+        return a @ b
+    out = np.empty((M, N), dtype=np.result_type(a, b))
+    if M >= n * MIN_ROWS:  # row blocks of out are contiguous: each piece writes its own in place
+        jobs = [(np.matmul, a[s:e], b, out[s:e]) for s, e in _bounds(M, n)]
+    else:  # column blocks are strided: each piece returns its block, copied in below
+        jobs = [(None, a, b[:, s:e], (s, e)) for s, e in _bounds(N, n)]
+    pool = _pool(n)
+
+    def run(job):
+        fn, x, y, where = job
+        if fn is not None:
+            return np.matmul(x, y, out=where)
+        out[:, where[0]:where[1]] = x @ y  # (M, e - s)
+
+    futures = [pool.submit(run, job) for job in jobs[1:]]
+    run(jobs[0])  # this thread takes the first piece instead of waiting idle
+    for f in futures:
+        f.result()
+    return out
+
+
+def linear_forward(x, w, b):
+    """Same contract as minigpt.layers.linear.linear_forward: out = x @ w + b."""
+    n_in, n_out = w.shape
+    rows = int(np.prod(x.shape[:-1]))
+    out = matmul(x.reshape(rows, n_in), w)  # (N, n_out)
+    out += b
+    return out.reshape(*x.shape[:-1], n_out), (x, w)
+
+
+def linear_backward(dout, cache):
+    """Same contract as minigpt.layers.linear.linear_backward: (dx, dw, db)."""
+    x, w = cache
+    n_in, n_out = w.shape
+    rows = int(np.prod(x.shape[:-1]))
+    d2 = dout.reshape(rows, n_out)  # (N, n_out)
+    dx = matmul(d2, w.T)  # (N, n_in)
+    dw = matmul(x.reshape(rows, n_in).T, d2)  # (n_in, n_out): a row block of dw is a column block of x
+    return dx.reshape(*dout.shape[:-1], n_in), dw, d2.sum(axis=0)
