@@ -133,7 +133,8 @@ def test_the_handout_is_a_notebook_with_every_part(tmp_path, name):
     assert all(h in md for h in chapter_heads), "a chapter section the handout quotes went missing"
 
 
-@pytest.mark.parametrize("name", list(ASSIGNMENTS))
+@pytest.mark.parametrize("name", [n if n in ("backprop", "training") else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in ASSIGNMENTS])  # the two that train run by default
 def test_the_handout_runs_in_a_solved_workspace(tmp_path, name):
     """Every check cell scores full marks and the plug-in cell runs minigpt with the student's code
     (for backprop and training: trains, with the same losses as minigpt's own code)."""
