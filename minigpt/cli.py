@@ -128,6 +128,9 @@ def _add_eval(sub):
                    help="val: the last 10%%, train: the rest (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32, help="windows per batch (default: %(default)s)")
     p.add_argument("--max-batches", type=int, help="stop after this many batches (default: the whole split)")
+    p.add_argument("--bench-tokens", type=int, metavar="N",
+                   help="also time greedy generation of N tokens with the KV cache, the median of 5 rounds "
+                        "(default: no timing)")
     p.add_argument("--backend", help=BACKEND_HELP)
     p.set_defaults(func=cmd_eval)
 
@@ -336,6 +339,7 @@ def cmd_eval(args):
 
     _positive("--batch-size", args.batch_size)
     _positive("--max-batches", args.max_batches)
+    _positive("--bench-tokens", args.bench_tokens)
     ckpt = load_checkpoint(args.checkpoint, backend=args.backend)
     model = ckpt.model
     dataset, source = checkpoint_dataset(ckpt, args.checkpoint, args.text)
@@ -343,8 +347,18 @@ def cmd_eval(args):
     unit = _unit(model.tokenizer)
     print(f"{args.split} loss {loss:.4f}  bits/{unit} {loss / math.log(2):.4f}  "
           f"(step {ckpt.step}, corpus {source})")
-    from .compose import describe_lineage
+    from pathlib import Path
 
+    from .compose import describe_lineage, stored_as
+
+    line = (f"{model.num_params():,} parameters stored as {stored_as(model.params)}, "
+            f"{Path(args.checkpoint).stat().st_size:,} bytes on disk")
+    if args.bench_tokens:
+        from .prune.cli import generation_speeds
+
+        speed = generation_speeds([model], args.bench_tokens)[0]
+        line += f", {speed:,.0f} tokens/s (greedy with the KV cache, {args.bench_tokens} tokens, median of 5)"
+    print(line)
     print(f"made by: {describe_lineage(ckpt.meta, ckpt.step)}")
     return 0
 

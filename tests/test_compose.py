@@ -67,8 +67,10 @@ def test_each_stage_loads_evaluates_samples_and_records_its_steps(chain, capsys,
     assert made[0].startswith("train") and made[1].startswith("distill")
     assert f"from {d / (parents[name] + '.npz')}" in made[-1]
     capsys.readouterr()
-    assert main(["eval", str(path), "--max-batches", "2", *NP]) == 0
+    assert main(["eval", str(path), "--max-batches", "2", "--bench-tokens", "4", *NP]) == 0
     out = capsys.readouterr().out
+    assert f"{path.stat().st_size:,} bytes on disk" in out and "tokens/s" in out  # size and speed, like any model
+    assert f"stored as {stored_as(ckpt.model.params)}" in out
     loss = float(out.split("val loss ")[1].split()[0])
     assert np.isfinite(loss) and loss < np.log(ckpt.model.config.vocab_size) + 1  # a model, not noise
     assert "made by: train 20 steps -> distill 1 x 32 x 4 heads" in out
