@@ -27,10 +27,12 @@ def int8_path(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture(params=["integer loops", "dequantize + BLAS"])
+@pytest.fixture(params=["integer loops", "integer loops, numba's vectors", "dequantize + BLAS"])
 def weight_path(request, monkeypatch):
-    """Run a weight-only test through both paths, whatever the number of rows."""
-    monkeypatch.setattr(K, "DEQUANT_MIN_ROWS", 10**9 if request.param == "integer loops" else 1)
+    """Run a weight-only test through every path, whatever the number of rows (the int4 decoding
+    row with and without the explicit 16-wide vectors of vnni.nibble_rows4_f32)."""
+    monkeypatch.setattr(K, "DEQUANT_MIN_ROWS", 1 if request.param == "dequantize + BLAS" else 10**9)
+    monkeypatch.setattr(K, "USE_VECTORS", request.param == "integer loops")
     return request.param
 
 
@@ -122,9 +124,11 @@ def test_int8_weight_only_matches_reference(shape, dtype, weight_path):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-# one row (the decoding kernel): group / 2 = 1, 6 (four byte rows a pass + 2), 16
+# one row (the decoding kernel): group / 2 = 1, 6 (four byte rows a pass + 2), 16; N past
+# the 64-column vector steps and not a multiple of them
 @pytest.mark.parametrize("shape, group", [((1, 2, 1), 2), ((3, 8, 7), 4), ((5, 64, 300), 32),
-                                          ((1, 96, 9), 32), ((6, 128, 20), 64), ((1, 24, 37), 12)])
+                                          ((1, 96, 9), 32), ((6, 128, 20), 64), ((1, 24, 37), 12),
+                                          ((1, 64, 150), 32), ((1, 48, 200), 8)])
 def test_int4_weight_only_matches_reference(shape, group, dtype, weight_path):
     M, Kd, N = shape
     rng = np.random.default_rng(3)

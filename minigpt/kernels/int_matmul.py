@@ -45,6 +45,7 @@ TILE_BATCH, TILE_ROW = 256, 64
 # register-blocked tiles (vnni.gemm_tile_u8s8); below, the dot-product kernel (packing
 # N K bytes per call costs about as much as 4-8 rows of products)
 GEMM_MIN_ROWS = 16
+USE_VECTORS = True  # int4 decoding row, float32: vnni.nibble_rows4_f32 (the tests switch it off too)
 # Weight-only int8 / int4 from this many rows: dequantize the weight (K N conversions,
 # about what the integer loops spend on 2-3 rows) into a reused buffer, then BLAS
 DEQUANT_MIN_ROWS = 16
@@ -365,7 +366,7 @@ def _int4_weight_kernel(x, packed, scales, group, zero, out, tile):
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _int4_row_kernel(x, packed, scales, group, out, tile):
+def _int4_row_kernel(x, packed, scales, group, out, tile, use_vectors):
     """One row (decoding): out[n] = sum_g scales[g, n] (sum_{k in g} x[k] u[k, n] - 8 sum_{k in g} x[k]),
     u = q + 8 the stored nibble, so the nibbles go to float without the - 8 (it is one
     multiply-add per group and column instead). Four byte rows (eight k) are unpacked and
@@ -379,6 +380,7 @@ def _int4_row_kernel(x, packed, scales, group, out, tile):
         j0 = task * tile
         nt = min(tile, N - j0)
         part = np.empty(nt, dtype=x.dtype)  # sum_{k in g} x[k] u[k, n], this group
+        xs8 = np.empty(8, dtype=x.dtype)  # the 8 x of a pass, for vnni.nibble_rows4_f32
         acc = np.zeros(nt, dtype=x.dtype)  # scaled sums of the groups so far
         for g in range(K // group):
             k0, r0 = g * group, g * half
@@ -388,13 +390,20 @@ def _int4_row_kernel(x, packed, scales, group, out, tile):
             part[:] = 0
             t = 0
             while t + 4 <= half:
+                j_vec = 0
+                if use_vectors:  # float32: the first nt - nt % COLS columns in explicit 16-wide vectors
+                    xs8[0], xs8[1], xs8[2], xs8[3] = x[k0 + t], x[k0 + t + 1], x[k0 + t + 2], x[k0 + t + 3]
+                    xs8[4], xs8[5] = x[k0 + half + t], x[k0 + half + t + 1]
+                    xs8[6], xs8[7] = x[k0 + half + t + 2], x[k0 + half + t + 3]
+                    j_vec = nt - nt % vnni.COLS
+                    vnni.nibble_rows4_f32(part, packed, r0 + t, j0, j_vec, xs8)
                 p0 = packed[r0 + t, j0:j0 + nt]
                 p1 = packed[r0 + t + 1, j0:j0 + nt]
                 p2 = packed[r0 + t + 2, j0:j0 + nt]
                 p3 = packed[r0 + t + 3, j0:j0 + nt]
                 a0, a1, a2, a3 = x[k0 + t], x[k0 + t + 1], x[k0 + t + 2], x[k0 + t + 3]
                 b0, b1, b2, b3 = x[k0 + half + t], x[k0 + half + t + 1], x[k0 + half + t + 2], x[k0 + half + t + 3]
-                for j in range(nt):
+                for j in range(j_vec, nt):
                     part[j] += ((a0 * _lo(p0[j], a0) + b0 * _hi(p0[j], a0)) + (a1 * _lo(p1[j], a0) + b1 * _hi(p1[j], a0))) \
                         + ((a2 * _lo(p2[j], a0) + b2 * _hi(p2[j], a0)) + (a3 * _lo(p3[j], a0) + b3 * _hi(p3[j], a0)))
                 t += 4
@@ -530,7 +539,7 @@ def int4_weight_matmul(x, packed, scales, group):
         tile = max(TILE_ROW, -(-packed.shape[1] // (16 * numba.get_num_threads())) * 16)
     with threads_for(4 * out.size * x.shape[1]):  # unpacking makes each multiply-add ~4x dearer
         if x.shape[0] == 1:
-            _int4_row_kernel(x[0], packed, scales, group, out[0], tile)
+            _int4_row_kernel(x[0], packed, scales, group, out[0], tile, USE_VECTORS and x.dtype == np.float32)
         else:
             _int4_weight_kernel(x, packed, scales, group, x.dtype.type(0), out, tile)
     return out

@@ -138,3 +138,71 @@ def gemm_tile_u8s8(typingctx, a, a_at, panel, k4, c):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+# ------------------------------------------------------- int4 decoding row
+# Not VNNI: plain LLVM vectors of 16 float32, which every x86 CPU runs (one zmm
+# with AVX-512, two ymm with AVX2). numba's own loop vectorises this at 8 lanes
+# and cannot be told to use 16; writing the vectors out gets both.
+COLS = 64  # columns a step of nibble_rows4_f32: 4 vectors of 16
+
+
+@intrinsic
+def nibble_rows4_f32(typingctx, part, packed, r, j0, n, xs):
+    """part[j] += sum_{i<4} xs[i] lo(packed[r + i, j0 + j]) + xs[4 + i] hi(packed[r + i, j0 + j]) for j < n.
+
+    part: 1-D float32 C-contiguous; packed: 2-D uint8 C-contiguous (byte rows);
+    lo / hi: a byte's low / high nibble as a float (0..15); xs: 1-D float32, 8 values;
+    n a multiple of COLS. Prefetches the next four byte rows' bytes as it goes.
+    """
+    sig = types.void(part, packed, r, j0, n, xs)
+
+    def codegen(context, builder, signature, args):
+        part_arr = context.make_array(signature.args[0])(context, builder, args[0])
+        p_arr = context.make_array(signature.args[1])(context, builder, args[1])
+        xs_arr = context.make_array(signature.args[5])(context, builder, args[5])
+        r_val, j0_val, n_val = (context.cast(builder, args[i], signature.args[i], types.intp) for i in (2, 3, 4))
+        intp = context.get_value_type(types.intp)
+        i8, i32, f32 = ir.IntType(8), ir.IntType(32), ir.FloatType()
+        v16f, v16i, v16b = ir.VectorType(f32, 16), ir.VectorType(i32, 16), ir.VectorType(i8, 16)
+        stride = builder.extract_value(p_arr.strides, 0)
+        p_base = builder.bitcast(p_arr.data, i8.as_pointer())
+        rows = [builder.gep(p_base, [builder.add(builder.mul(builder.add(r_val, ir.Constant(intp, i)), stride),
+                                                 j0_val)]) for i in range(4)]
+        ahead = [builder.gep(row, [builder.mul(ir.Constant(intp, 4), stride)]) for row in rows]  # rows r+4..r+7
+        part_ptr = builder.bitcast(part_arr.data, f32.as_pointer())
+        xs_ptr = builder.bitcast(xs_arr.data, f32.as_pointer())
+        zero = ir.Constant(v16i, None)
+
+        def splat(v):
+            return builder.shuffle_vector(builder.insert_element(ir.Constant(v16f, ir.Undefined), v,
+                                                                 ir.Constant(i32, 0)), ir.Constant(v16f, ir.Undefined),
+                                          zero)
+
+        xv = [splat(builder.load(builder.gep(xs_ptr, [ir.Constant(intp, i)]))) for i in range(8)]
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16f, [v16f, v16f, v16f]),
+                                             "llvm.fma.v16f32")
+        prefetch = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8.as_pointer(), i32, i32, i32]), "llvm.prefetch.p0i8")
+        mask, four = ir.Constant(v16i, [15] * 16), ir.Constant(v16i, [4] * 16)
+
+        with cgutils.for_range_slice(builder, ir.Constant(intp, 0), n_val, ir.Constant(intp, COLS),
+                                     intp=intp) as (j, _):
+            for row in ahead:
+                builder.call(prefetch, [builder.gep(row, [j]), ir.Constant(i32, 0), ir.Constant(i32, 3),
+                                        ir.Constant(i32, 1)])
+            for c in range(COLS // 16):
+                jc = builder.add(j, ir.Constant(intp, 16 * c))
+                terms = []
+                for i, row in enumerate(rows):
+                    b = builder.load(builder.bitcast(builder.gep(row, [jc]), v16b.as_pointer()), align=1)
+                    u = builder.zext(b, v16i)
+                    lo = builder.uitofp(builder.and_(u, mask), v16f)
+                    hi = builder.uitofp(builder.lshr(u, four), v16f)
+                    terms.append(builder.call(fma, [xv[4 + i], hi, builder.fmul(xv[i], lo)]))
+                dst = builder.bitcast(builder.gep(part_ptr, [jc]), v16f.as_pointer())
+                s = builder.fadd(builder.fadd(terms[0], terms[1]), builder.fadd(terms[2], terms[3]))
+                builder.store(builder.fadd(builder.load(dst, align=4), s), dst, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
