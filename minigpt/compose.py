@@ -24,6 +24,12 @@ Each command reads a checkpoint and writes one, so they chain:
                             second quantization need float weights
   Q8_0 / Q4_0 / k-means     sample / eval, distill --init random
   ========================  =====================================================
+
+  Pruning masks end at quantization: the integer formats store every weight
+  (zero or not), GPTQ's error updates may move pruned weights off zero, and
+  train --qat trains every weight of the dequantized model. Unstructured
+  pruning saves bytes only as CSR; structured pruning and distillation
+  shrink the matrices themselves, which quantization then keeps.
 """
 from __future__ import annotations
 
