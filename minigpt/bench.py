@@ -20,7 +20,9 @@ Sections (shapes from the issue that asked for this benchmark):
 - structured pruning: a GPT-2-small block's MLP with half its neurons
   removed and its attention with half its heads removed, against the dense
   ones, with the NumPy reference ops and the numba ops;
-- one training step (forward, backward, clipping, AdamW) of the base preset;
+- one training step (forward, backward, clipping, AdamW) of the base preset
+  and of a small char-level shape (block 64, batch 12), implementations interleaved;
+- each numba op's time inside training steps against the same calls alone;
 - generation with a KV cache, batch 1, at GPT-2-small's shape with float32,
   int8 and int4 weights.
 """
@@ -90,14 +92,16 @@ def machine_info():
     blas = T.blas_threads()
     counts = sorted({str(b["threads"]) for b in blas})
     return {"simd": simd, "llvm_cpu": llvm_cpu, "numba_threading": T.numba_threading(), "blas": blas,
-            "blas_threads": "/".join(counts) or "default"}
+            "blas_threads": "/".join(counts) or "default", "split_products": T.blas_is_single()}
 
 
 def _blas_text(info):
     """ "OpenBLAS 0.3.31 pthreads, SkylakeX kernels, 2 threads" (or the thread count alone)."""
     libs = [f"{b['library']} {b['version']} {b['threading'] or ''}".replace("openblas", "OpenBLAS").strip()
             + (f", {b['kernels']} kernels" if b.get("kernels") else "") for b in info.get("blas") or []]
-    return f"BLAS threads {info['blas_threads']}" + (f" ({'; '.join(libs)})" if libs else "")
+    split = (f" in each piece of the numba backend's products, split over {info['threads']} threads"
+             if info.get("split_products") else "")
+    return f"BLAS threads {info['blas_threads']}" + (f" ({'; '.join(libs)})" if libs else "") + split
 
 
 def _torch():
@@ -470,46 +474,117 @@ def _torch_gpt(torch, cfg):
     return GPT()
 
 
-def bench_train_step(quick, torch):
+# The shapes of the training-step rows: the base preset, and the small
+# char-level shape of the issue that asked for them (4 layers, 128 wide,
+# block 64, batch 12), where per-call overheads weigh most.
+TRAIN_SHAPES = {"base": ("base", None, None), "small": ("base", 64, 12)}  # (preset, block_size, batch)
+
+
+def _train_setup(shape):
+    """(cfg, tcfg, x, y) for one of TRAIN_SHAPES, vocabulary 96."""
     from .config import preset
+
+    name, block, batch = TRAIN_SHAPES[shape]
+    cfg, tcfg = preset(name, 96, block_size=block, batch_size=batch)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, cfg.vocab_size, (tcfg.batch_size, cfg.block_size))
+    y = rng.integers(0, cfg.vocab_size, (tcfg.batch_size, cfg.block_size))
+    return cfg, tcfg, x, y
+
+
+def _minigpt_step(cfg, tcfg, x, y, backend):
+    """One training step of minigpt (forward, backward, clipping, AdamW) as a function."""
     from .model import GPT
     from .optim import AdamW, clip_grad_norm
 
-    cfg, tcfg = preset("base", 96)
-    B, T = tcfg.batch_size, cfg.block_size
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, cfg.vocab_size, (B, T))
-    y = rng.integers(0, cfg.vocab_size, (B, T))
+    model = GPT(cfg, seed=0, backend=backend)
+    model.training = True
+    opt = AdamW(model.params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+
+    def step():
+        model.forward(x, y)
+        grads = model.backward()
+        clip_grad_norm(grads, tcfg.grad_clip)
+        opt.step(grads, tcfg.lr)
+
+    return step
+
+
+def bench_train_step(quick, torch):
     repeats = 3 if quick else 10
-    steps = {}
-    for backend in ("numpy", "numba"):
-        model = GPT(cfg, seed=0, backend=backend)
-        model.training = True
-        opt = AdamW(model.params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    rows = []
+    for shape in TRAIN_SHAPES:
+        cfg, tcfg, x, y = _train_setup(shape)
+        B, T = x.shape
+        steps = {f"minigpt {b}": _minigpt_step(cfg, tcfg, x, y, b) for b in ("numpy", "numba")}
+        if torch is not None:
+            tm = _torch_gpt(torch, cfg)
+            topt = torch.optim.AdamW(tm.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+            tx, ty = torch.from_numpy(x), torch.from_numpy(y)
 
-        def step(model=model, opt=opt):
-            model.forward(x, y)
-            grads = model.backward()
-            clip_grad_norm(grads, tcfg.grad_clip)
-            opt.step(grads, tcfg.lr)
+            def t_step(tm=tm, topt=topt, tx=tx, ty=ty):
+                topt.zero_grad()
+                tm(tx, ty).backward()
+                torch.nn.utils.clip_grad_norm_(tm.parameters(), tcfg.grad_clip)
+                topt.step()
 
-        steps[f"minigpt {backend}"] = step
-    if torch is not None:
-        tm = _torch_gpt(torch, cfg)
-        topt = torch.optim.AdamW(tm.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+            steps["torch eager"] = t_step
+        times = _interleaved_medians(steps, repeats)  # a burst of load falls on every implementation alike
+        case = f"{shape}: {cfg.n_layer}L {cfg.n_embd}w T={T} B={B}"
+        rows += [_row("train step", "forward, backward, clipping, AdamW", case, name, t, "minigpt numpy",
+                      times["minigpt numpy"] / t, rate=B * T / t, unit="tok/s") for name, t in times.items()]
+    return rows
 
-        def t_step():
-            topt.zero_grad()
-            tm(tx, ty).backward()
-            torch.nn.utils.clip_grad_norm_(tm.parameters(), tcfg.grad_clip)
-            topt.step()
 
-        steps["torch eager"] = t_step
-    times = {name: time_call(fn, repeats) for name, fn in steps.items()}
-    about = f"forward, backward, clipping, AdamW; base preset, {cfg.n_layer}L {cfg.n_embd}w T={T} B={B}"
-    return [_row("train step", about, "", name, t, "minigpt numpy",
-                 times["minigpt numpy"] / t, rate=B * T / t, unit="tok/s") for name, t in times.items()]
+KERNEL_OPS = ("attention", "gelu", "layernorm", "linear")  # the numba backend's ops in a training step
+
+
+def bench_kernels_in_step(quick, torch):
+    """Each numba op's time inside training steps (the small shape) against the
+    same calls, same arguments, repeated alone: the two thread pools (numba's
+    and the products') taking cores from each other would show as a ratio
+    well below 1. Per op: the sum over one step's calls, median over steps;
+    alone: the sum of each call's median."""
+    from . import model as M
+
+    cfg, tcfg, x, y = _train_setup("small")
+    table = M.op_table("numba")
+    last = {}  # (op, "fwd" | "bwd") -> [(args, seconds)] of the current step
+
+    def timed(key, fn):
+        def call(*args):
+            t0 = time.perf_counter()
+            out = fn(*args)
+            last.setdefault(key, []).append((args, time.perf_counter() - t0))
+            return out
+
+        return call
+
+    ops = {**table, **{op: (timed((op, "fwd"), table[op][0]), timed((op, "bwd"), table[op][1])) for op in KERNEL_OPS}}
+    original = M.op_table
+    M.op_table = lambda backend: ops  # the model asks the table at every forward
+    try:
+        step = _minigpt_step(cfg, tcfg, x, y, "numba")
+        step()
+        in_step = {}
+        for _ in range(3 if quick else 10):
+            last.clear()
+            step()
+            for key, calls in last.items():
+                in_step.setdefault(key, []).append(sum(t for _, t in calls))
+    finally:
+        M.op_table = original
+    repeats = 5 if quick else 20
+    rows = []
+    about = (f"small shape ({cfg.n_layer}L {cfg.n_embd}w T={cfg.block_size} B={tcfg.batch_size}), the sum of one "
+             "step's calls; median over steps, against the same calls repeated alone")
+    for (op, which), calls in last.items():
+        alone = sum(time_call(lambda f=table[op][which == "bwd"], a=args: f(*a), repeats) for args, _ in calls)
+        inside = statistics.median(in_step[(op, which)])
+        case = f"{op} {'forward' if which == 'fwd' else 'backward'} ({len(calls)} calls)"
+        rows.append(_row("kernels in step", about, case, "alone", alone, "alone", 1.0))
+        rows.append(_row("kernels in step", about, case, "inside the training step", inside, "alone", alone / inside))
+    return rows
 
 
 # --------------------------------------------------------------- generation
@@ -538,13 +613,14 @@ def bench_generation(quick, torch):
 
 
 # ------------------------------------------------------------------ driver
-def run_bench(quick=False, sections=("attention", "int_matmul", "sparse", "structured", "train", "generate"),
+def run_bench(quick=False, sections=("attention", "int_matmul", "sparse", "structured", "train", "kernels_in_step",
+                                     "generate"),
               log=sys.stderr):
     import numba
 
     from . import kernels  # sets OMP_WAIT_POLICY=PASSIVE before torch's OpenMP starts
 
-    if log is not None and {"attention", "structured", "train"} & set(sections):
+    if log is not None and {"attention", "structured", "train", "kernels_in_step"} & set(sections):
         kernels.warm_up("float32")  # a cold numba cache compiles here, announced, not in a silent first row
 
     # Three thread pools share the cores here: numba's and torch's OpenMP
@@ -561,13 +637,15 @@ def run_bench(quick=False, sections=("attention", "int_matmul", "sparse", "struc
             "numpy": np.__version__, "numba": numba.__version__,
             "torch": None if torch is None else torch.__version__, "quick": quick}
     funcs = {"attention": bench_attention, "int_matmul": bench_int_matmul, "sparse": bench_sparse,
-             "structured": bench_structured, "train": bench_train_step, "generate": bench_generation}
+             "structured": bench_structured, "train": bench_train_step, "kernels_in_step": bench_kernels_in_step,
+             "generate": bench_generation}
     rows = []
     for name in sections:
         t0 = time.perf_counter()
         rows += funcs[name](quick, torch)
         if log is not None:
             print(f"bench: {name} done in {time.perf_counter() - t0:.1f} s", file=log)
+    info.update(machine_info())  # BLAS goes to one thread once the numba backend's products run (kernels/matmul.py)
     return info, rows
 
 

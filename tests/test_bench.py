@@ -166,3 +166,23 @@ def test_readme_bench_output_is_in_the_commands_layout():
     tables = _tables(text.rstrip("\n"))
     assert {t.split(":")[0] for t, _ in tables} >= {"attention fwd", "int matmul", "train step", "generate"}
     _check_table_layout(text.rstrip("\n"))
+
+
+def test_train_step_and_kernels_in_step_sections(monkeypatch):
+    # the same code on a tiny shape: both training shapes, every numba op timed inside the step and alone
+    monkeypatch.setattr(bench, "_torch", lambda: None)
+    monkeypatch.setattr(bench, "TRAIN_SHAPES", {"base": ("tiny", 16, 2), "small": ("tiny", 8, 3)})
+    info, rows = bench.run_bench(quick=True, sections=("train", "kernels_in_step"), log=None)
+    _check_table_layout(bench.format_table(info, rows))
+    train = [r for r in rows if r["section"] == "train step"]
+    assert [(r["case"].split(":")[0], r["impl"]) for r in train] == [
+        (s, f"minigpt {b}") for s in ("base", "small") for b in ("numpy", "numba")]
+    assert "T=8 B=3" in train[-1]["case"] and all(r["rate"] > 0 for r in train)
+    inside = [r for r in rows if r["section"] == "kernels in step"]
+    ops = {r["case"].split(" (")[0] for r in inside}
+    assert ops == {f"{op} {w}" for op in bench.KERNEL_OPS for w in ("forward", "backward")}
+    assert [r["impl"] for r in inside[:2]] == ["alone", "inside the training step"]
+    assert all(r["ms"] > 0 for r in inside)
+    from minigpt import model, ops
+
+    assert model.op_table is ops.op_table  # the timing wrappers are gone afterwards

@@ -20,9 +20,10 @@ product, so the threads run in parallel.
 The budget is numba's thread count (set_threads sets it, with --threads):
 a product is split into that many pieces, or fewer if a piece would be
 under MIN_FLOPS (handing work to a thread costs ~10-20 us). The first
-split product sets the BLAS library to one thread for the rest of the
-process (threads.single_thread_blas), because a multi-threaded BLAS call
-inside a piece would start BLAS's own pool again.
+product sets the BLAS library to one thread for the rest of the process
+(threads.single_thread_blas): a multi-threaded BLAS call inside a piece
+would start BLAS's own pool again, and so would an unsplit product when the
+budget is one thread.
 """
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
+
+from . import threads
 
 MIN_FLOPS = 1 << 22  # 4 MFLOP, ~30 us on one AVX-512 core: less is not worth a hand-off
 MIN_ROWS = 8  # fewer rows per piece: split the columns instead (decoding: one row)
@@ -44,9 +47,6 @@ def _pool(n_pieces):
     global _executor, _workers
     with _lock:
         if _workers < n_pieces - 1:
-            from .threads import single_thread_blas
-
-            single_thread_blas()
             old = _executor
             _executor, _workers = ThreadPoolExecutor(n_pieces - 1, thread_name_prefix="minigpt-matmul"), n_pieces - 1
             if old is not None:
@@ -68,6 +68,8 @@ def _bounds(total, n):
 def matmul(a, b):
     """a @ b for 2-D a (M, K) and b (K, N) (any strides BLAS accepts, e.g. transposed
     views), its rows (or, for few rows, its columns) split over the thread budget."""
+    if not threads.blas_is_single():
+        threads.single_thread_blas()  # once: also when nothing is split (a budget of one thread)
     M, K = a.shape
     N = b.shape[1]
     n = pieces_for(M, K, N)

@@ -93,6 +93,11 @@ def single_thread_blas() -> None:
         blas.limit(limits=1)
 
 
+def blas_is_single() -> bool:
+    """Whether single_thread_blas() has run in this process."""
+    return _blas_single
+
+
 def blas_threads():
     """The BLAS libraries NumPy loaded: [{"library", "version", "threading", "threads", "kernels"}]."""
     blas = _blas_controller()
