@@ -207,7 +207,8 @@ assert all(code == 2 and msg.startswith("minigpt: error:") and "\n" not in msg f
 # zeros save bytes here; structured pruning (heads, MLP neurons) shrinks the
 # matrices themselves. Pruning is measured one-shot and after fine-tuning
 # with its masks. Quantization is round to nearest (RTN) at 8 and 4 bits,
-# GPTQ at 4 and 3 bits, and 4-bit RTN followed by QAT. Distillation trains a
+# GPTQ at 4 and 3 bits (3-bit codes are stored in the packed 4-bit format,
+# so they cost loss and save no bytes here), and 4-bit RTN followed by QAT. Distillation trains a
 # 1-block student of the teacher's width, and a 2-block student of half its
 # width. Then the chains: distill -> quantize, distill -> prune -> quantize
 # (with QAT or not), prune -> quantize after fine-tuning or one-shot.
@@ -378,7 +379,7 @@ def draw(ax, xkey, front, xlabel, logx):
 
 fig, ax = plt.subplots(figsize=(8, 4.8))
 draw(ax, "bytes", front_b, "bytes on disk (inference checkpoint, log scale)", True)
-ax.set_title(f"{len(NAMES)} variants of one teacher: loss against size", fontsize=10)
+ax.set_title(f"the teacher and {len(ART)} compressed variants: loss against size", fontsize=10)
 fig.tight_layout()
 save_figure(fig, "09_compression_bytes")
 
@@ -517,8 +518,9 @@ print(f"chapter time so far: {time.perf_counter() - T0:.0f} s")
 # column, so a $K \times N$ matrix at sparsity $s$ takes
 # $6(1-s)KN + 8(N+1)$ bytes against $4KN$ dense, a ratio of about
 # $1.5\,(1-s)$: break-even at a third of zeros, 0.75 at 50%, 0.15 at 90%
-# (the check below measures it on `m50-csr`). The factors multiply only when the later step keeps
-# what the earlier one saved: a distilled or structurally pruned model is an
+# (the check below compares the formula with the stored arrays of `m50-csr`,
+# `m70-csr` and `m90-csr`). The factors multiply only when the later step
+# keeps what the earlier one saved: a distilled or structurally pruned model is an
 # ordinary dense model, so quantization applies to it unchanged and the
 # ratios compound, which is why the chains that end in quantization sit at
 # the small end of the frontier. Unstructured pruning does not compose with
@@ -549,10 +551,12 @@ print(f"chapter time so far: {time.perf_counter() - T0:.0f} s")
 # * *Sparse fine-tuning* (Kurtic, Kuznedelev, Frantar, Goin & Alistarh 2023,
 #   "Sparse Fine-tuning for Inference Acceleration of Large Language
 #   Models") fine-tunes sparse LLMs with a distillation loss on the teacher's
-#   hidden states and shows sparsity and INT8 quantization together giving
-#   CPU speed-ups, which needs kernels that exploit both at once; our CSR
-#   kernel is float, and at our size per-token overheads dominate, so speed
-#   does not follow bytes here.
+#   hidden states, and gets CPU speed-ups from sparsity, more with INT8
+#   quantization on top, using kernels that exploit both at once. They point
+#   out that generating with a large model is memory-bound, so fewer bytes
+#   read per token means faster tokens. Our model fits in cache and per-token
+#   overheads dominate, and our CSR kernel is float, so speed does not follow
+#   bytes here: expect the speed frontier to look very different at scale.
 # * *Non-orthogonality*: Harma et al. (ICLR 2025, "Effective Interplay
 #   between Sparsity and Quantization") prove that the two errors do not
 #   simply add, and show on OPT and LLaMA models that applying sparsity
