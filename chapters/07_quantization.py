@@ -790,11 +790,17 @@ save_figure(fig, "07_quantization_methods")
 # $y = xW$, $W$ of GPT-2 small's first MLP layer ($768 \times 3072$), in four ways:
 #
 # * **float32**: NumPy's `@` (BLAS);
-# * **int8 weights**: minigpt's numba kernel, float activations times int8
-#   weights, each weight converted to float in the inner loop;
-# * **int4 weights** (groups of 32): two weights a byte, unpacked in the inner loop;
+# * **int8 weights**: float activations times int8 weights. One row: a numba
+#   loop converts each weight to float as it multiplies; a batch: the weight
+#   is dequantized into a reused buffer and BLAS multiplies (the reference's
+#   own two steps);
+# * **int4 weights** (groups of 32): two weights a byte. One row: unpacked in
+#   the inner loop, four byte rows (eight inputs) a pass in 16-wide vectors;
+#   a batch: dequantized, then BLAS, as for int8;
 # * **W8A8**: the activations quantized per token (included in the time),
-#   then int8 x int8 with int32 sums (AVX-512 VNNI where the CPU has it).
+#   then int8 x int8 with int32 sums: on a CPU with AVX-512 VNNI a batch runs
+#   in register tiles (6 rows x 64 output channels, 24 vector accumulators,
+#   the weights repacked so that one 64-byte load feeds 16 channels x 4 inputs).
 #
 # once for a batch of 512 rows (a prompt, or training) and once for one row
 # (decoding one token).
@@ -862,12 +868,14 @@ save_figure(fig, "07_quantization_speed")
 #   (1 byte) and int4 (0.625 with its float32 scales) have 4 and 6.4 times
 #   less to move than float32;
 # * **a batch** uses every weight once per row, so the bytes per multiply-add
-#   shrink by the batch size and arithmetic decides. A weight-only kernel still
-#   multiplies in float32, and must first convert (and for int4 unpack) each
-#   weight, work BLAS's float32 kernel never does: at best as fast, and
-#   usually slower. Only W8A8 changes the arithmetic itself: int8 x int8
-#   products summed in int32, which AVX-512 VNNI does 64 per instruction where
-#   a float32 fused multiply-add does 16.
+#   shrink by the batch size and arithmetic decides. A weight-only product
+#   still multiplies in float32, after converting (and for int4 unpacking)
+#   every weight, work BLAS's float32 kernel never does: at best as fast
+#   (here the conversion is done once per call, then BLAS, so it costs a few
+#   percent). Only W8A8 changes the arithmetic itself: int8 x int8 products
+#   summed in int32, which AVX-512 VNNI does 64 per instruction where a
+#   float32 fused multiply-add does 16; the quantization of the activations
+#   and the repacking of the weights are paid once per call.
 #
 # So "int8 is faster" holds for decoding (memory-bound), or when both operands
 # are integers (compute-bound); weight-only quantization buys bytes, and speed

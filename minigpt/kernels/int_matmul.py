@@ -4,24 +4,42 @@
     int8_matmul(a_q, a_scale, w_q, w_scale)        same, rescaled: acc * a_scale[m] * w_scale[n]
     int8_weight_matmul(x, w_q, w_scale)            float x, int8 weights  -> x @ deq(w)^T
     int4_weight_matmul(x, packed, scales, group)   float x, packed int4 weights, group scales
+    quantized_linear_int8(x, w_q, w_scale)         W8A8: x quantized per token on the fly, then int8 x int8
 
-How they are made fast (read the machine code with fn.inspect_asm(sig)):
-- weights are (N, K): each output is a dot product of two contiguous rows, and
-  LLVM vectorises an int8 dot product with int32 accumulation into
-  sign-extend + multiply-add instructions (a naive i-j-k loop over a (K, N)
-  weight does one scalar multiply per element and runs ~20x slower);
-- each task computes 4 output channels at once (s0..s3), so every activation
-  element loaded is used 4 times;
-- on CPUs with AVX-512 VNNI (USE_VNNI), the int8 x int8 k loop is vpdpbusd,
-  64 multiply-adds per instruction, emitted directly (vnni.py): 3-6x the
-  vpmaddwd loop above and faster than float32 BLAS;
-- tasks (groups of 4 output channels) are spread over threads with prange, so
-  both a big batch and a single decoding row (M = 1) use every core.
-- int4: weights stay (in, out), so the inner loops run along the output
-  columns: a byte row is unpacked once (both nibbles) and used by 4 rows of x;
-  each column keeps a running per-group sum that gets its scale at the group's
-  end. (A dot-product order over k spends more on the per-group horizontal
-  sums than on the 32 multiply-adds of a group: measured 15x slower.)
+How they are made fast (read the machine code with fn.inspect_asm(sig); `minigpt bench`
+times each against float32 BLAS):
+- int8 x int8, a batch (M >= GEMM_MIN_ROWS) on a CPU with AVX-512 VNNI (USE_VNNI):
+  register tiles (vnni.gemm_tile_u8s8). Each task packs a panel of 64 output
+  channels so that one 64-byte load holds 4 consecutive k of 16 channels, then
+  runs every 6 activation rows through it: 24 zmm accumulators, each weight
+  load used 6 times, each activation broadcast 4 times, vpdpbusd (64
+  multiply-adds) throughout and no horizontal sums. From float x
+  (quantized_linear_int8) the per-token quantization writes the activations
+  straight into the tiles' interleaved layout, and the rescaling is fused
+  into the tile's store;
+- int8 x int8, a few rows, or no VNNI: each task computes 4 output channels
+  (s0..s3) as dot products of contiguous rows (weights are (N, K)), so every
+  activation loaded is used 4 times; with VNNI the k loop is vpdpbusd
+  (vnni.dot4_u8s8), else LLVM's sign-extend + vpmaddwd vectorisation;
+- weight-only int8 / int4, a batch (M >= DEQUANT_MIN_ROWS): the weight is
+  dequantized (a vectorised pass) into a buffer reused across calls, then
+  BLAS multiplies: what the reference does, in two fast steps;
+- weight-only int8, a few rows: dot products of x with each weight row,
+  converted to x's dtype in the loop (numba would promote int8 x float32 to
+  float64: _as_float);
+- int4, a few rows: weights stay (in, out), so the inner loops run along the
+  output columns: a byte row is unpacked once (both nibbles) and used by 4
+  rows of x; each column keeps a running per-group sum that gets its scale at
+  the group's end. (A dot-product order over k spends more on the per-group
+  horizontal sums than on the 32 multiply-adds of a group: measured 15x slower.)
+  One row (decoding) has its own kernel: four byte rows (eight k) per pass
+  over the columns, nibbles converted without the - 8 (folded into one term
+  per group), in explicit 16-wide float32 vectors with prefetching
+  (vnni.nibble_rows4_f32, USE_VECTORS) where numba's loop stops at 8 lanes;
+- tasks are spread over threads with prange, and small calls run on one
+  thread (threads.threads_for).
+Every path is checked against int_matmul_ref in tests/test_kernels_int_matmul.py
+(the tests switch USE_VNNI, USE_VECTORS and the row thresholds to reach each).
 """
 import threading
 
@@ -404,7 +422,8 @@ def _int4_row_kernel(x, packed, scales, group, out, tile, use_vectors):
                 a0, a1, a2, a3 = x[k0 + t], x[k0 + t + 1], x[k0 + t + 2], x[k0 + t + 3]
                 b0, b1, b2, b3 = x[k0 + half + t], x[k0 + half + t + 1], x[k0 + half + t + 2], x[k0 + half + t + 3]
                 for j in range(j_vec, nt):
-                    part[j] += ((a0 * _lo(p0[j], a0) + b0 * _hi(p0[j], a0)) + (a1 * _lo(p1[j], a0) + b1 * _hi(p1[j], a0))) \
+                    part[j] += ((a0 * _lo(p0[j], a0) + b0 * _hi(p0[j], a0))
+                                + (a1 * _lo(p1[j], a0) + b1 * _hi(p1[j], a0))) \
                         + ((a2 * _lo(p2[j], a0) + b2 * _hi(p2[j], a0)) + (a3 * _lo(p3[j], a0) + b3 * _hi(p3[j], a0)))
                 t += 4
             while t < half:  # group / 2 not a multiple of 4
@@ -533,11 +552,13 @@ def int4_weight_matmul(x, packed, scales, group):
             _dequantize_int4_cols(packed, scales, group, w_hat)
         return x @ w_hat  # (M, N)
     out = np.empty((x.shape[0], packed.shape[1]), dtype=x.dtype)
-    if x.shape[0] > ROWS:
-        tile = TILE_BATCH
-    else:  # decoding: one long column run per thread (each byte row's slice costs a reference count)
-        tile = max(TILE_ROW, -(-packed.shape[1] // (16 * numba.get_num_threads())) * 16)
     with threads_for(4 * out.size * x.shape[1]):  # unpacking makes each multiply-add ~4x dearer
+        if x.shape[0] > ROWS:
+            _int4_weight_kernel(x, packed, scales, group, x.dtype.type(0), out, TILE_BATCH)
+            return out
+        # decoding: one long column run per thread (each byte row's slice costs a reference
+        # count); the thread count numba started with (numba.get_num_threads() costs 3 us)
+        tile = max(TILE_ROW, -(-packed.shape[1] // (16 * numba.config.NUMBA_NUM_THREADS)) * 16)
         if x.shape[0] == 1:
             _int4_row_kernel(x[0], packed, scales, group, out[0], tile, USE_VECTORS and x.dtype == np.float32)
         else:

@@ -18,6 +18,11 @@ int32 directly), so the result is exact.
 Only used when llvmlite reports the host has 'avx512vnni' (see HAS_VNNI);
 the kernel that calls the intrinsic is compiled on first use only, so other
 CPUs never see the instruction.
+
+Three intrinsics: dot4_u8s8 (one activation row x 4 weight rows, for a few
+rows), gemm_tile_u8s8 (6 rows x 64 channels in registers, for batches; see
+its section) and nibble_rows4_f32, which is not VNNI at all: the int4
+decoding row's inner pass in plain 16-wide LLVM vectors, for any CPU.
 """
 import llvmlite.binding as llvm
 from llvmlite import ir
