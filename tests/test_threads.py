@@ -58,3 +58,17 @@ def test_machine_facts_for_the_bench_header():
     assert T.numba_threading() in ("omp", "tbb", "workqueue")
     for b in T.blas_threads():
         assert b["library"] and b["threads"] >= 1
+
+
+def test_full_width_vectors_follow_the_cpu():
+    import llvmlite.binding as ll
+
+    import minigpt.kernels  # noqa: F401  (decides before numba compiles anything)
+
+    wide = ll.get_host_cpu_features().get("avx512f", False)
+    features = os.environ.get("NUMBA_CPU_FEATURES", "")
+    # with AVX-512: LLVM's prefer-256-bit tuning switched off, in numba's config too; without: left alone
+    if wide:
+        assert features.endswith(",-prefer-256-bit") and numba.core.config.CPU_FEATURES == features
+    else:
+        assert "-prefer-256-bit" not in features
