@@ -544,7 +544,7 @@ def bench_kernels_in_step(quick, torch):
     same calls, same arguments, repeated alone: the two thread pools (numba's
     and the products') taking cores from each other would show as a ratio
     well below 1. Per op: the sum over one step's calls, median over steps;
-    alone: the sum of each call's median."""
+    alone: the sum of the same calls run again right after each step, median over steps."""
     from . import model as M
 
     cfg, tcfg, x, y = _train_setup("small")
@@ -563,27 +563,33 @@ def bench_kernels_in_step(quick, torch):
     ops = {**table, **{op: (timed((op, "fwd"), table[op][0]), timed((op, "bwd"), table[op][1])) for op in KERNEL_OPS}}
     original = M.op_table
     M.op_table = lambda backend: ops  # the model asks the table at every forward
+    in_step, alone = {}, {}
     try:
         step = _minigpt_step(cfg, tcfg, x, y, "numba")
         step()
-        in_step = {}
-        for _ in range(3 if quick else 10):
+        # Interleaved: each step, then each of its calls again, alone, with the
+        # same arguments; a burst of load from other processes falls on both.
+        for _ in range(5 if quick else 20):
             last.clear()
             step()
             for key, calls in last.items():
                 in_step.setdefault(key, []).append(sum(t for _, t in calls))
+                fn, seconds = table[key[0]][key[1] == "bwd"], 0.0
+                for args, _ in calls:
+                    t0 = time.perf_counter()
+                    fn(*args)
+                    seconds += time.perf_counter() - t0
+                alone.setdefault(key, []).append(seconds)
     finally:
         M.op_table = original
-    repeats = 5 if quick else 20
     rows = []
     about = (f"small shape ({cfg.n_layer}L {cfg.n_embd}w T={cfg.block_size} B={tcfg.batch_size}), the sum of one "
-             "step's calls; median over steps, against the same calls repeated alone")
+             "step's calls, and of the same calls again right after the step, alone; medians over steps")
     for (op, which), calls in last.items():
-        alone = sum(time_call(lambda f=table[op][which == "bwd"], a=args: f(*a), repeats) for args, _ in calls)
-        inside = statistics.median(in_step[(op, which)])
+        t_alone, t_in = statistics.median(alone[(op, which)]), statistics.median(in_step[(op, which)])
         case = f"{op} {'forward' if which == 'fwd' else 'backward'} ({len(calls)} calls)"
-        rows.append(_row("kernels in step", about, case, "alone", alone, "alone", 1.0))
-        rows.append(_row("kernels in step", about, case, "inside the training step", inside, "alone", alone / inside))
+        rows.append(_row("kernels in step", about, case, "alone", t_alone, "alone", 1.0))
+        rows.append(_row("kernels in step", about, case, "inside the training step", t_in, "alone", t_alone / t_in))
     return rows
 
 

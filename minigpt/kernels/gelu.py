@@ -88,5 +88,6 @@ def gelu_backward(dout, cache):
     x = cache
     x2 = _rows(x)
     dx = np.empty_like(x2)
-    _gelu_backward_kernel(_rows(np.asarray(dout, dtype=x2.dtype)), x2, dx, _constants(x2.dtype))
+    with threads_for(16 * x2.size):  # as the forward
+        _gelu_backward_kernel(_rows(np.asarray(dout, dtype=x2.dtype)), x2, dx, _constants(x2.dtype))
     return dx.reshape(np.shape(x))

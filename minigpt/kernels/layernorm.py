@@ -107,6 +107,7 @@ def layernorm_backward(dout, cache):
     dx = np.empty_like(xh2)
     parts_g = np.empty((CHUNKS, C), dtype=xh2.dtype)
     parts_b = np.empty((CHUNKS, C), dtype=xh2.dtype)
-    _backward_kernel(d2, xh2, np.ascontiguousarray(rstd, dtype=xh2.dtype).reshape(-1),
-                     np.ascontiguousarray(gamma, dtype=xh2.dtype), _constants(xh2.dtype, C), dx, parts_g, parts_b)
+    with threads_for(8 * xh2.size):  # as the forward: a small batch is not worth waking a thread
+        _backward_kernel(d2, xh2, np.ascontiguousarray(rstd, dtype=xh2.dtype).reshape(-1),
+                         np.ascontiguousarray(gamma, dtype=xh2.dtype), _constants(xh2.dtype, C), dx, parts_g, parts_b)
     return dx.reshape(xhat.shape), parts_g.sum(axis=0), parts_b.sum(axis=0)
