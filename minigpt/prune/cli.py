@@ -306,7 +306,8 @@ def cmd_prune(args):
         pruned, masks = _store_sparse(pruned, masks, tcfg, meta, args.out)
         what += "; " + _sparse_note(pruned)
     seconds = time.perf_counter() - t0
-    after = {"loss": _validation(pruned, dataset, args), "alive": alive,
+    same = oneshot is not None and not args.finetune_steps and not args.sparse_storage  # the model just measured
+    after = {"loss": oneshot if same else _validation(pruned, dataset, args), "alive": alive,
              "bytes": Path(args.out).stat().st_size, "params": param_bytes(pruned.params, masks)}
     before["tok/s"], after["tok/s"] = generation_speeds([model, pruned], args.bench_tokens)
     _report(args, what, before, oneshot, after, seconds)
@@ -355,19 +356,23 @@ def param_bytes(params: dict, masks=None) -> int:
 
 def _report(args, what, before, oneshot, after, seconds):
     print(f"pruned {args.checkpoint} with {args.method}: {what} ({seconds:.1f} s)")
-    print(f"{'':<24}{'before':>14}{'after':>14}")
+    counts = [f"{a:,}/{n:,}" for d in (before, after) for a, n in d["alive"].values()]
+    w = max(14, *(len(c) + 2 for c in counts), *(len(f"{d['bytes']:,}") + 2 for d in (before, after)))  # GPT-2: wider
+    print(f"{'':<24}{'before':>{w}}{'after':>{w}}")
     if oneshot is not None and args.finetune_steps:
-        print(f"{'val loss, one-shot':<24}{before['loss']:>14.4f}{oneshot:>14.4f}   ({oneshot - before['loss']:+.4f})")
+        rise = oneshot - before['loss']
+        print(f"{'val loss, one-shot':<24}{before['loss']:>{w}.4f}{oneshot:>{w}.4f}   ({rise:+.4f})")
     label = f"val loss, fine-tuned {args.finetune_steps}" if args.finetune_steps else "val loss"
-    print(f"{label:<24}{before['loss']:>14.4f}{after['loss']:>14.4f}   ({after['loss'] - before['loss']:+.4f})")
+    print(f"{label:<24}{before['loss']:>{w}.4f}{after['loss']:>{w}.4f}   ({after['loss'] - before['loss']:+.4f})")
     for kind in sorted(set(before["alive"]) | set(after["alive"])):
         a0, n0 = before["alive"].get(kind, (0, 0))
         a1, n1 = after["alive"].get(kind, (0, 0))
-        print(f"{'alive ' + kind:<24}{f'{a0:,}/{n0:,}':>14}{f'{a1:,}/{n1:,}':>14}   ({a1 / max(n0, 1):.1%} of before)")
-    print(f"{'parameter bytes':<24}{before['params']:>14,}{after['params']:>14,}   "
+        print(f"{'alive ' + kind:<24}{f'{a0:,}/{n0:,}':>{w}}{f'{a1:,}/{n1:,}':>{w}}   "
+              f"({a1 / max(n0, 1):.1%} of before)")
+    print(f"{'parameter bytes':<24}{before['params']:>{w},}{after['params']:>{w},}   "
           f"(x{after['params'] / before['params']:.2f}; with masks, 1 bit a weight)")
-    print(f"{'bytes on disk':<24}{before['bytes']:>14,}{after['bytes']:>14,}   (x{after['bytes'] / before['bytes']:.2f}"
-          f"; a training checkpoint also holds AdamW's m and v)")
-    print(f"{'generation tokens/s':<24}{before['tok/s']:>14,.0f}{after['tok/s']:>14,.0f}   "
+    print(f"{'bytes on disk':<24}{before['bytes']:>{w},}{after['bytes']:>{w},}   "
+          f"(x{after['bytes'] / before['bytes']:.2f}; a training checkpoint also holds AdamW's m and v)")
+    print(f"{'generation tokens/s':<24}{before['tok/s']:>{w},.0f}{after['tok/s']:>{w},.0f}   "
           f"(x{after['tok/s'] / before['tok/s']:.2f})")
     print(f"wrote {args.out}")

@@ -90,7 +90,8 @@ def register(sub):
                         f"training split (default: {DEFAULT_CALIB})")
     p.add_argument("--calib-length", type=int, metavar="T",
                    help=f"gptq / awq / --smooth: tokens a calibration window (default: the model's block size, "
-                        f"at most {CALIB_LENGTH}, so 8 batches make GPTQ's 128 sequences of 256 tokens at GPT-2's size)")
+                        f"at most {CALIB_LENGTH}, so 8 batches make GPTQ's 128 sequences of 256 tokens at "
+                        f"GPT-2's size)")
     p.add_argument("--max-batches", type=int, default=50,
                    help="validation batches of 32 windows to measure the loss on, 0 for the whole split "
                         "(default: %(default)s)")
