@@ -12,7 +12,7 @@ from minigpt.layers.linear import linear_backward, linear_forward
 def split_everything(monkeypatch):
     """Split every product, however small, over 2 threads: the tests' shapes are small."""
     monkeypatch.setattr(K, "MIN_FLOPS", 1)
-    monkeypatch.setattr(K, "pieces_for", lambda M, K_, N, threads=None: max(1, min(2, M * K_ * N)))
+    monkeypatch.setattr(K, "pieces_for", lambda M, K_, N, threads=None: (2, min(3, M)) if M * K_ * N else (1, 1))
 
 
 # float32: the same BLAS kernel on each piece sums the same K terms per output;
@@ -59,12 +59,29 @@ def test_row_and_column_splits_fill_every_entry(monkeypatch):
     rng = np.random.default_rng(2)
     for M in (1, 3, 64):  # one decoding row and a few: columns split; many rows: rows split
         a, b = rng.standard_normal((M, 20)), rng.standard_normal((20, 31))
-        assert K.pieces_for(M, 20, 31) >= 2
+        assert K.pieces_for(M, 20, 31)[1] >= 2
         np.testing.assert_allclose(K.matmul(a, b), a @ b, rtol=1e-12)
         np.testing.assert_allclose(K.matmul(b.T, a.T), b.T @ a.T, rtol=1e-12)  # transposed views
 
 
 def test_small_products_are_not_split():
-    assert K.pieces_for(1, 64, 64, threads=2) == 1  # a decoding step's small product
-    assert K.pieces_for(2048, 128, 512, threads=2) == 2  # the base preset's MLP
-    assert K.pieces_for(2048, 128, 512, threads=1) == 1
+    assert K.pieces_for(1, 64, 64, threads=2) == (1, 1)  # a decoding step's small product
+    assert K.pieces_for(2048, 128, 512, threads=2) == (2, 2 * K.PIECES_PER_THREAD)  # the base preset's MLP
+    assert K.pieces_for(2048, 128, 512, threads=1) == (1, 1)
+    assert K.pieces_for(128, 128, 384, threads=2) == (2, min(3, 2 * K.PIECES_PER_THREAD))  # none under MIN_FLOPS
+
+
+def test_pieces_are_all_done_whoever_takes_them_and_errors_reach_the_caller():
+    done = []
+    pieces = K._Pieces(list(range(7)), done.append)
+    pieces.work()  # the caller alone (a worker that never got a core)
+    pieces.wait()
+    assert sorted(done) == list(range(7))
+
+    def boom(job):
+        raise ValueError(f"piece {job}")
+
+    failing = K._Pieces([0, 1], boom)
+    failing.work()
+    with pytest.raises(ValueError, match="piece 0"):
+        failing.wait()

@@ -18,8 +18,10 @@ so whichever library runs gets the cores. NumPy releases the GIL inside a
 product, so the threads run in parallel.
 
 The budget is numba's thread count (set_threads sets it, with --threads):
-a product is split into that many pieces, or fewer if a piece would be
-under MIN_FLOPS (handing work to a thread costs ~10-20 us). The first
+that many threads work on a product (fewer if a piece would be under
+MIN_FLOPS: handing work to a thread costs ~10-20 us), taking its pieces
+one at a time, so that a thread still waiting for a core (other processes)
+leaves its share to the caller. The first
 product sets the BLAS library to one thread for the rest of the process
 (threads.single_thread_blas): a multi-threaded BLAS call inside a piece
 would start BLAS's own pool again, and so would an unsplit product when the
@@ -27,6 +29,7 @@ budget is one thread.
 """
 from __future__ import annotations
 
+import itertools
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -37,32 +40,78 @@ from . import threads
 
 MIN_FLOPS = 1 << 22  # 4 MFLOP, ~30 us on one AVX-512 core: less is not worth a hand-off
 MIN_ROWS = 8  # fewer rows per piece: split the columns instead (decoding: one row)
+# Pieces per thread. More pieces would let a thread that gets its core late
+# take fewer of them, but measured (base and small training steps, one
+# process, interleaved, load ~4): 1 a thread 285 / 130 ms a step, 4 a thread
+# 377 / 150 ms, 8 a thread 444 / 179 ms: smaller BLAS calls, more hand-offs.
+# With one, a worker that has not started yet still leaves its piece to the caller.
+PIECES_PER_THREAD = 1
 
 _lock = threading.Lock()
 _executor, _workers = None, 0
 
 
-def _pool(n_pieces):
-    """The thread pool for n_pieces - 1 pieces (the caller computes one itself)."""
+def _pool(n_threads):
+    """The thread pool that helps the calling thread: n_threads - 1 workers."""
     global _executor, _workers
     with _lock:
-        if _workers < n_pieces - 1:
+        if _workers < n_threads - 1:
             old = _executor
-            _executor, _workers = ThreadPoolExecutor(n_pieces - 1, thread_name_prefix="minigpt-matmul"), n_pieces - 1
+            _executor, _workers = ThreadPoolExecutor(n_threads - 1, thread_name_prefix="minigpt-matmul"), n_threads - 1
             if old is not None:
                 old.shutdown(wait=False)
         return _executor
 
 
 def pieces_for(M, K, N, threads=None):
-    """Into how many pieces to split an (M, K) x (K, N) product."""
+    """(threads, pieces) for an (M, K) x (K, N) product: how many threads work
+    on it, and into how many pieces it is cut (PIECES_PER_THREAD each, none
+    under MIN_FLOPS); (1, 1) for a product not worth splitting."""
     threads = numba.get_num_threads() if threads is None else threads
-    return max(1, min(threads, 2 * M * K * N // MIN_FLOPS))
+    flops = 2 * M * K * N
+    n_threads = max(1, min(threads, flops // MIN_FLOPS))
+    if n_threads == 1:
+        return 1, 1
+    return n_threads, max(n_threads, min(PIECES_PER_THREAD * n_threads, flops // MIN_FLOPS))
 
 
 def _bounds(total, n):
     edges = [total * i // n for i in range(n + 1)]
-    return list(zip(edges[:-1], edges[1:]))
+    return [(s, e) for s, e in zip(edges[:-1], edges[1:]) if e > s]
+
+
+class _Pieces:
+    """Pieces of one product, taken one at a time by whichever thread is free.
+
+    On a shared machine a worker thread may wait milliseconds for a core; the
+    calling thread then does its pieces instead of waiting for it, and waits
+    only for pieces already started (a worker that wakes up late finds none left).
+    """
+
+    def __init__(self, jobs, run):
+        self.jobs, self.run = jobs, run
+        self.taken = itertools.count()  # next() on a count is atomic under the GIL
+        self.left = len(jobs)
+        self.errors = []
+        self.done = threading.Condition()
+
+    def work(self):
+        while (i := next(self.taken)) < len(self.jobs):
+            try:
+                self.run(self.jobs[i])
+            except BaseException as e:  # noqa: BLE001  (re-raised by the caller, in wait)
+                self.errors.append(e)
+            with self.done:
+                self.left -= 1
+                if self.left == 0:
+                    self.done.notify_all()
+
+    def wait(self):
+        with self.done:
+            while self.left:
+                self.done.wait()
+        if self.errors:
+            raise self.errors[0]
 
 
 def matmul(a, b):
@@ -72,26 +121,28 @@ def matmul(a, b):
         threads.single_thread_blas()  # once: also when nothing is split (a budget of one thread)
     M, K = a.shape
     N = b.shape[1]
-    n = pieces_for(M, K, N)
+    n_threads, n = pieces_for(M, K, N)
     if n == 1:
         return a @ b
     out = np.empty((M, N), dtype=np.result_type(a, b))
     if M >= n * MIN_ROWS:  # row blocks of out are contiguous: each piece writes its own in place
-        jobs = [(np.matmul, a[s:e], b, out[s:e]) for s, e in _bounds(M, n)]
-    else:  # column blocks are strided: each piece returns its block, copied in below
-        jobs = [(None, a, b[:, s:e], (s, e)) for s, e in _bounds(N, n)]
-    pool = _pool(n)
+        jobs = [(a[s:e], b, out[s:e]) for s, e in _bounds(M, n)]
+    else:  # column blocks are strided: each piece's block is copied in
+        jobs = [(a, b[:, s:e], (s, e)) for s, e in _bounds(N, n)]
 
     def run(job):
-        fn, x, y, where = job
-        if fn is not None:
-            return np.matmul(x, y, out=where)
-        out[:, where[0]:where[1]] = x @ y  # (M, e - s)
+        x, y, where = job
+        if isinstance(where, tuple):
+            out[:, where[0]:where[1]] = x @ y  # (M, e - s)
+        else:
+            np.matmul(x, y, out=where)
 
-    futures = [pool.submit(run, job) for job in jobs[1:]]
-    run(jobs[0])  # this thread takes the first piece instead of waiting idle
-    for f in futures:
-        f.result()
+    pieces = _Pieces(jobs, run)
+    pool = _pool(n_threads)
+    for _ in range(n_threads - 1):
+        pool.submit(pieces.work)
+    pieces.work()  # this thread works too instead of waiting idle
+    pieces.wait()
     return out
 
 
