@@ -315,7 +315,7 @@ def cmd_sample(args):
     if model.tokenizer is None:
         raise MinigptError(f"{args.checkpoint} has no vocabulary, so text cannot be encoded")
     text = model.generate_text(args.prompt, args.tokens, temperature=args.temperature, top_k=args.top_k,
-                               top_p=args.top_p, seed=args.seed, use_kv_cache=not args.no_kv_cache)
+                               top_p=args.top_p, seed=args.seed, use_kv_cache=not args.no_kv_cache, progress=True)
     sys.stdout.write(text + ("" if text.endswith("\n") else "\n"))
     return 0
 

@@ -442,14 +442,17 @@ class GPT:
 
     # --------------------------------------------------------------- sampling
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                 seed=None, rng=None, use_kv_cache=True):
+                 seed=None, rng=None, use_kv_cache=True, progress=False):
         """Extend idx ((T,) or (B, T) ints) by max_new_tokens sampled tokens.
 
         temperature=0 is greedy decoding. Only the last block_size tokens are
         ever used as context. With the KV cache each new token costs one
         position's worth of compute; once the context window is full it
         slides, positions shift, and the cache is rebuilt from the window.
+        progress: a bar on stderr, shown once generation has taken 2 s.
         """
+        from .progress import tqdm
+
         check_sampling_args(temperature, top_k, top_p)
         rng = rng if rng is not None else np.random.default_rng(seed)
         idx = np.asarray(idx, dtype=np.int64)
@@ -461,7 +464,8 @@ class GPT:
         training, self.training = self.training, False
         cache = None
         try:
-            for _ in range(max_new_tokens):
+            for _ in tqdm(range(max_new_tokens), desc="generating", unit="token", delay=2.0, leave=False,
+                          disable=not progress):
                 if not use_kv_cache:
                     logits, _ = self.forward(idx[:, -T_max:])
                 elif cache is None or cache.length >= T_max:
