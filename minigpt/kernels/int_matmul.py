@@ -552,7 +552,9 @@ def int4_weight_matmul(x, packed, scales, group):
             _dequantize_int4_cols(packed, scales, group, w_hat)
         return x @ w_hat  # (M, N)
     out = np.empty((x.shape[0], packed.shape[1]), dtype=x.dtype)
-    with threads_for(4 * out.size * x.shape[1]):  # unpacking makes each multiply-add ~4x dearer
+    # unpacking makes each multiply-add ~4x dearer in the batch loops; the decoding row's
+    # vector kernel costs about what int8's does a multiply-add (measured), so it counts 1 too
+    with threads_for((1 if x.shape[0] == 1 else 4) * out.size * x.shape[1]):
         if x.shape[0] > ROWS:
             _int4_weight_kernel(x, packed, scales, group, x.dtype.type(0), out, TILE_BATCH)
             return out
