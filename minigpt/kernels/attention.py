@@ -56,6 +56,25 @@ ROWS = 4  # query rows handled together (the loops spell out 4)
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 
 
+@njit(cache=True, inline="always", fastmath=FASTMATH)
+def _row_max(a, n):
+    """max(a[:n]), n >= 1, with eight running maxima: one chain of max() over
+    the row waits on each previous result and LLVM does not vectorise a float
+    max reduction without 'nnan', so the single chain took ~4x as long
+    (0.78 against 0.19 ns an element, Xeon family 6 model 207); in the
+    forward at T=256 it was a quarter of the kernel's time."""
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = a[0]
+    j = 0
+    while j + 8 <= n:
+        m0, m1, m2, m3 = max(m0, a[j]), max(m1, a[j + 1]), max(m2, a[j + 2]), max(m3, a[j + 3])
+        m4, m5, m6, m7 = max(m4, a[j + 4]), max(m5, a[j + 5]), max(m6, a[j + 6]), max(m7, a[j + 7])
+        j += 8
+    while j < n:
+        m0 = max(m0, a[j])
+        j += 1
+    return max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+
+
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def _forward_kernel(q, k, v, scale, out, lse):
     B, H, T_q, D = q.shape
@@ -102,9 +121,7 @@ def _forward_kernel(q, k, v, scale, out, lse):
                     if nr == 0:
                         s[r, :nb] = 0.0
                         continue
-                    block_max = s[r, 0]
-                    for j in range(1, nr):
-                        block_max = max(block_max, s[r, j])
+                    block_max = _row_max(s[r], nr)
                     if j0 == 0:
                         m[r] = block_max
                     elif block_max > m[r]:
