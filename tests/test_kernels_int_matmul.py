@@ -27,12 +27,16 @@ def int8_path(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture(params=["integer loops", "integer loops, numba's vectors", "dequantize + BLAS"])
+@pytest.fixture(params=["integer loops", "integer loops, numba's vectors", "integer loops, parallel",
+                        "dequantize + BLAS"])
 def weight_path(request, monkeypatch):
-    """Run a weight-only test through every path, whatever the number of rows (the int4 decoding
-    row with and without the explicit 16-wide vectors of vnni.nibble_rows4_f32)."""
+    """Run a weight-only test through every path, whatever the number of rows: the int4 decoding
+    row with and without the explicit 16-wide vectors of vnni.nibble_rows4_f32, the decoding
+    kernels' serial twins (small products) and their parallel originals."""
     monkeypatch.setattr(K, "DEQUANT_MIN_ROWS", 1 if request.param == "dequantize + BLAS" else 10**9)
-    monkeypatch.setattr(K, "USE_VECTORS", request.param == "integer loops")
+    monkeypatch.setattr(K, "USE_VECTORS", request.param != "integer loops, numba's vectors")
+    if request.param == "integer loops, parallel":
+        monkeypatch.setattr(K, "SMALL_WORK", 0)
     return request.param
 
 

@@ -42,6 +42,7 @@ Every path is checked against int_matmul_ref in tests/test_kernels_int_matmul.py
 (the tests switch USE_VNNI, USE_VECTORS and the row thresholds to reach each).
 """
 import threading
+import types as types_module
 
 import numba
 import numpy as np
@@ -50,7 +51,7 @@ from numba.extending import overload
 
 from . import int_matmul_ref as ref
 from . import vnni
-from .threads import threads_for
+from .threads import SMALL_WORK, threads_for
 
 # Float loops: let LLVM reorder the sums so the k loop vectorises.
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
@@ -505,6 +506,20 @@ def int8_matmul(a_q, a_scale, w_q, w_scale):
     return out
 
 
+def _serial_twin(kernel, name):
+    """The same Python function compiled without parallel=True (prange runs as range), under its
+    own name: numba's cache files are named after the function, and flags are not in the key."""
+    f = kernel.py_func
+    twin = types_module.FunctionType(f.__code__, f.__globals__, name, f.__defaults__, f.__closure__)
+    twin.__qualname__ = name
+    return njit(cache=True, fastmath=FASTMATH)(twin)
+
+
+# A decoding call below SMALL_WORK runs on the calling thread anyway: its serial twin skips the
+# parallel launch and threads_for's thread switch (30 us with 2 threads, more than the product).
+_int8_weight_kernel_serial = _serial_twin(_int8_weight_kernel, "_int8_weight_kernel_serial")
+_int4_row_kernel_serial = _serial_twin(_int4_row_kernel, "_int4_row_kernel_serial")
+
 _scratch = threading.local()  # per Python thread: concurrent calls must not share a buffer
 
 
@@ -534,6 +549,9 @@ def int8_weight_matmul(x, w_q, w_scale):
             _dequantize_int8_rows(w_q, w_scale, w_hat)
         return x @ w_hat.T  # (M, N)
     out = np.empty((x.shape[0], w_q.shape[0]), dtype=x.dtype)
+    if out.size * x.shape[1] < SMALL_WORK:  # one thread anyway: the serial twin skips prange's launch
+        _int8_weight_kernel_serial(x, w_q, w_scale, x.dtype.type(0), out)
+        return out
     with threads_for(out.size * x.shape[1]):
         _int8_weight_kernel(x, w_q, w_scale, x.dtype.type(0), out)
     return out
@@ -553,8 +571,10 @@ def int4_weight_matmul(x, packed, scales, group):
         return x @ w_hat  # (M, N)
     out = np.empty((x.shape[0], packed.shape[1]), dtype=x.dtype)
     # unpacking makes each multiply-add ~4x dearer in the batch loops; the decoding row's
-    # vector kernel costs about what int8's does a multiply-add (measured), so it counts 1 too
-    with threads_for((1 if x.shape[0] == 1 else 4) * out.size * x.shape[1]):
+    # vector kernel costs about what int8's does a multiply-add (measured), so it counts 1 too,
+    # and below SMALL_WORK its serial twin runs without threads_for's switch (30 us with 2 threads)
+    work = (1 if x.shape[0] == 1 else 4) * out.size * x.shape[1]
+    with threads_for(max(work, SMALL_WORK) if x.shape[0] == 1 else work):
         if x.shape[0] > ROWS:
             _int4_weight_kernel(x, packed, scales, group, x.dtype.type(0), out, TILE_BATCH)
             return out
@@ -562,7 +582,8 @@ def int4_weight_matmul(x, packed, scales, group):
         # count); the thread count numba started with (numba.get_num_threads() costs 3 us)
         tile = max(TILE_ROW, -(-packed.shape[1] // (16 * numba.config.NUMBA_NUM_THREADS)) * 16)
         if x.shape[0] == 1:
-            _int4_row_kernel(x[0], packed, scales, group, out[0], tile, USE_VECTORS and x.dtype == np.float32)
+            row_kernel = _int4_row_kernel if out.size * x.shape[1] >= SMALL_WORK else _int4_row_kernel_serial
+            row_kernel(x[0], packed, scales, group, out[0], tile, USE_VECTORS and x.dtype == np.float32)
         else:
             _int4_weight_kernel(x, packed, scales, group, x.dtype.type(0), out, tile)
     return out
