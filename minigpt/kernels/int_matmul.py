@@ -570,22 +570,21 @@ def int4_weight_matmul(x, packed, scales, group):
             _dequantize_int4_cols(packed, scales, group, w_hat)
         return x @ w_hat  # (M, N)
     out = np.empty((x.shape[0], packed.shape[1]), dtype=x.dtype)
-    # unpacking makes each multiply-add ~4x dearer in the batch loops; the decoding row's
-    # vector kernel costs about what int8's does a multiply-add (measured), so it counts 1 too,
-    # and below SMALL_WORK its serial twin runs without threads_for's switch (30 us with 2 threads)
-    work = (1 if x.shape[0] == 1 else 4) * out.size * x.shape[1]
-    with threads_for(max(work, SMALL_WORK) if x.shape[0] == 1 else work):
-        if x.shape[0] > ROWS:
-            _int4_weight_kernel(x, packed, scales, group, x.dtype.type(0), out, TILE_BATCH)
+    # decoding: one long column run per thread (each byte row's slice costs a reference count);
+    # the thread count numba started with (numba.get_num_threads() costs 3 us)
+    tile = max(TILE_ROW, -(-packed.shape[1] // (16 * numba.config.NUMBA_NUM_THREADS)) * 16)
+    use_vectors = USE_VECTORS and x.dtype == np.float32
+    if x.shape[0] == 1:
+        # the vector kernel costs about what int8's does a multiply-add (measured), so it counts
+        # as int8's; below SMALL_WORK its serial twin runs without threads_for's switch
+        if out.size * x.shape[1] < SMALL_WORK:
+            _int4_row_kernel_serial(x[0], packed, scales, group, out[0], tile, use_vectors)
             return out
-        # decoding: one long column run per thread (each byte row's slice costs a reference
-        # count); the thread count numba started with (numba.get_num_threads() costs 3 us)
-        tile = max(TILE_ROW, -(-packed.shape[1] // (16 * numba.config.NUMBA_NUM_THREADS)) * 16)
-        if x.shape[0] == 1:
-            row_kernel = _int4_row_kernel if out.size * x.shape[1] >= SMALL_WORK else _int4_row_kernel_serial
-            row_kernel(x[0], packed, scales, group, out[0], tile, USE_VECTORS and x.dtype == np.float32)
-        else:
-            _int4_weight_kernel(x, packed, scales, group, x.dtype.type(0), out, tile)
+        with threads_for(out.size * x.shape[1]):
+            _int4_row_kernel(x[0], packed, scales, group, out[0], tile, use_vectors)
+        return out
+    with threads_for(4 * out.size * x.shape[1]):  # unpacking makes each multiply-add ~4x dearer
+        _int4_weight_kernel(x, packed, scales, group, x.dtype.type(0), out, TILE_BATCH if x.shape[0] > ROWS else tile)
     return out
 
 
