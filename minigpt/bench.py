@@ -471,7 +471,22 @@ def _torch_gpt(torch, cfg):
             logits = self.ln_f(x) @ self.wte.weight.T  # tied head
             return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
-    return GPT()
+    model = GPT()
+    model.config = cfg
+    return model
+
+
+def bench_train_to(target, torch, **settings):
+    """Rows of the time minigpt and (if installed) PyTorch eager take to reach
+    val loss `target` with one recipe (minigpt.train_to; settings: its options)."""
+    from .train_to import run_train_to
+
+    results, meta = run_train_to(target, None if torch is None else (lambda cfg: _torch_gpt(torch, cfg)), **settings)
+    base = results["minigpt numba"][1]
+    return [_row("train to loss", meta["about"], "", f"{name}: {'reached' if ok else 'NOT reached'} at step {steps} "
+                 f"(val {val:.4f})", seconds, "minigpt numba", base / seconds,
+                 rate=steps * meta["tokens_per_step"] / seconds, unit="tok/s")
+            for name, (steps, seconds, val, ok) in results.items()]
 
 
 # The shapes of the training-step rows: the base preset, and the small
@@ -714,7 +729,29 @@ def format_table(info, rows):
 
 
 def cmd_bench(args):
+    if args.train_to is not None:
+        return _cmd_train_to(args)
     info, rows = run_bench(quick=args.quick)
+    print(format_table(info, rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"info": info, "rows": rows}, f, indent=1)
+    return 0
+
+
+def _cmd_train_to(args):
+    """--train-to LOSS: only the time-to-quality table (minigpt.train_to)."""
+    from .errors import MinigptError
+
+    for name in ("train_to", "max_steps", "eval_every", "batch_size", "block_size"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise MinigptError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    info, _ = run_bench(sections=(), log=None)
+    rows = bench_train_to(args.train_to, _torch(), preset_name=args.preset or "tiny", text=args.text,
+                          block_size=args.block_size, batch_size=args.batch_size, max_steps=args.max_steps,
+                          eval_every=args.eval_every or 50)
+    info.update(machine_info())
     print(format_table(info, rows))
     if args.json:
         with open(args.json, "w") as f:
@@ -730,4 +767,14 @@ def register(sub):
                                    "each as speed-ups over one named baseline.")
     p.add_argument("--quick", action="store_true", help="fewer sizes and repeats (under a minute)")
     p.add_argument("--json", metavar="FILE", help="also write the numbers to FILE as JSON")
+    g = p.add_argument_group("time to quality (instead of the tables above)")
+    g.add_argument("--train-to", type=float, metavar="LOSS",
+                   help="train minigpt and the same recipe in PyTorch eager (same init, batches, AdamW, schedule) "
+                        "until the validation loss is at most LOSS; report the training time of each")
+    g.add_argument("--preset", choices=["tiny", "small", "base"], help="model and recipe (default: tiny)")
+    g.add_argument("--text", metavar="FILE", help="UTF-8 text to train on (default: the embedded corpus)")
+    g.add_argument("--block-size", type=int, help="context length (default: the preset's)")
+    g.add_argument("--batch-size", type=int, help="sequences per step (default: the preset's)")
+    g.add_argument("--max-steps", type=int, help="give up after this many steps (default: the preset's steps)")
+    g.add_argument("--eval-every", type=int, help="steps between validations (default: 50)")
     p.set_defaults(func=cmd_bench)
