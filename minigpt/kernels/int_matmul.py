@@ -23,7 +23,8 @@ times each against float32 BLAS):
   (vnni.dot4_u8s8), else LLVM's sign-extend + vpmaddwd vectorisation;
 - weight-only int8 / int4, a batch (M >= DEQUANT_MIN_ROWS): the weight is
   dequantized (a vectorised pass) into a buffer reused across calls, then
-  BLAS multiplies: what the reference does, in two fast steps;
+  BLAS multiplies (kernels.matmul: split over the thread budget like the
+  float linear's products): what the reference does, in two fast steps;
 - weight-only int8, a few rows: dot products of x with each weight row,
   converted to x's dtype in the loop (numba would promote int8 x float32 to
   float64: _as_float);
@@ -51,6 +52,7 @@ from numba.extending import overload
 
 from . import int_matmul_ref as ref
 from . import vnni
+from .matmul import matmul
 from .threads import SMALL_WORK, threads_for
 
 # Float loops: let LLVM reorder the sums so the k loop vectorises.
@@ -547,7 +549,7 @@ def int8_weight_matmul(x, w_q, w_scale):
         w_hat = _scratch_buffer(w_q.shape, x.dtype)  # (N, K)
         with threads_for(4 * w_q.size):  # a few operations a weight
             _dequantize_int8_rows(w_q, w_scale, w_hat)
-        return x @ w_hat.T  # (M, N)
+        return matmul(x, w_hat.T)  # (M, N): BLAS, split over the thread budget as the float linear's
     out = np.empty((x.shape[0], w_q.shape[0]), dtype=x.dtype)
     if out.size * x.shape[1] < SMALL_WORK:  # one thread anyway: the serial twin skips prange's launch
         _int8_weight_kernel_serial(x, w_q, w_scale, x.dtype.type(0), out)
@@ -568,7 +570,7 @@ def int4_weight_matmul(x, packed, scales, group):
         w_hat = _scratch_buffer((x.shape[1], packed.shape[1]), x.dtype)  # (K, N)
         with threads_for(4 * w_hat.size):
             _dequantize_int4_cols(packed, scales, group, w_hat)
-        return x @ w_hat  # (M, N)
+        return matmul(x, w_hat)  # (M, N)
     out = np.empty((x.shape[0], packed.shape[1]), dtype=x.dtype)
     # decoding: one long column run per thread (each byte row's slice costs a reference count);
     # the thread count numba started with (numba.get_num_threads() costs 3 us)
