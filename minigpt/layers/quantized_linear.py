@@ -31,7 +31,9 @@ quantized model saves and loads like any other (no objects, no pickle):
 
 The product itself is an op of the op table ("int8_weight_matmul",
 "int4_weight_matmul", "w8a8_matmul", "block_weight_matmul"): the NumPy
-reference dequantizes and multiplies, the numba kernels never build W_hat.
+reference dequantizes and multiplies; the numba kernels multiply the integers
+directly for a few rows (decoding) and, for a batch of weight-only products,
+dequantize into a reused buffer and call BLAS (minigpt.kernels.int_matmul).
 
 Backward (the weight is frozen: it gets no gradient):
     dx = dout @ W_hat^T,   db = sum of dout over every axis but the last
