@@ -23,6 +23,10 @@ Three intrinsics: dot4_u8s8 (one activation row x 4 weight rows, for a few
 rows), gemm_tile_u8s8 (6 rows x 64 channels in registers, for batches; see
 its section) and nibble_rows4_f32, which is not VNNI at all: the int4
 decoding row's inner pass in plain 16-wide LLVM vectors, for any CPU.
+
+numba's cache (cache=True) checks the source file of each kernel, not of the
+intrinsics it inlines: after editing this file, touch int_matmul.py (or
+delete its __pycache__) or the kernels keep the old machine code.
 """
 import llvmlite.binding as llvm
 from llvmlite import ir
