@@ -24,9 +24,10 @@ rows), gemm_tile_u8s8 (6 rows x 64 channels in registers, for batches; see
 its section) and nibble_rows4_f32, which is not VNNI at all: the int4
 decoding row's inner pass in plain 16-wide LLVM vectors, for any CPU.
 
-numba's cache (cache=True) checks the source file of each kernel, not of the
-intrinsics it inlines: after editing this file, touch int_matmul.py (or
-delete its __pycache__) or the kernels keep the old machine code.
+numba's cache (cache=True) keys each kernel on its own source file's
+contents, not on the intrinsics it inlines: after editing this file, delete
+the int_matmul.* files of kernels/__pycache__, or the kernels keep the old
+machine code.
 """
 import llvmlite.binding as llvm
 from llvmlite import ir
