@@ -231,3 +231,32 @@ def test_bad_calibration_lengths_get_one_line(small_dir, tmp_path, capsys):
          "--eval-windows", "2"]
     _one_line(capsys, p + ["--calib-length", "0"], "--calib-length", "0")
     _one_line(capsys, p + ["--calib-length", "500"], "500", "128")
+
+
+def test_calibration_windows_are_at_most_256_tokens():
+    from minigpt.errors import MinigptError
+    from minigpt.quant.cli import calibration_windows
+
+    ids = np.arange(5000) % 97
+    big = Dataset(ids[:4000], ids[4000:], 1024)
+    cut = calibration_windows(big)
+    assert cut.block_size == 256 and cut.train is big.train  # a view of the same ids, GPTQ's 256 tokens
+    assert calibration_windows(big, 512).block_size == 512
+    small = Dataset(ids[:4000], ids[4000:], 64)
+    assert calibration_windows(small) is small
+    with pytest.raises(MinigptError, match="block size 64"):
+        calibration_windows(small, 65)
+
+
+def test_gptq_shows_a_progress_bar_over_the_blocks(monkeypatch, capsys):
+    import importlib
+
+    gptq = importlib.import_module("minigpt.quant.gptq")
+    monkeypatch.setattr(gptq, "PROGRESS_DELAY", 0.0)  # at GPT-2 small a block takes 20-30 s: the bar shows
+    model = _small_model()
+    idx = np.random.default_rng(6).integers(0, 97, (2, 16))
+    gptq.gptq_params(model, [idx], "int4", 4, 8, progress=True)
+    err = capsys.readouterr().err
+    assert "GPTQ" in err and "3/3" in err  # three blocks, all done
+    gptq.gptq_params(model, [idx], "int4", 4, 8)  # the library call is quiet by default
+    assert capsys.readouterr().err == ""
