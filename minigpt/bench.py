@@ -99,8 +99,10 @@ def _blas_text(info):
     """ "OpenBLAS 0.3.31 pthreads, SkylakeX kernels, 2 threads" (or the thread count alone)."""
     libs = [f"{b['library']} {b['version']} {b['threading'] or ''}".replace("openblas", "OpenBLAS").strip()
             + (f", {b['kernels']} kernels" if b.get("kernels") else "") for b in info.get("blas") or []]
-    split = (f" in each piece of the numba backend's products, split over {info['threads']} threads"
-             if info.get("split_products") else "")
+    split = ""
+    if info.get("split_products"):
+        split = (f" in each piece of the numba backend's products, split over {info['threads']} threads"
+                 if info["threads"] > 1 else " (the numba backend's products unsplit)")
     return f"BLAS threads {info['blas_threads']}" + (f" ({'; '.join(libs)})" if libs else "") + split
 
 
