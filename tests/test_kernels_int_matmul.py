@@ -27,14 +27,14 @@ def int8_path(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture(params=["integer loops", "integer loops, numba's vectors", "integer loops, parallel",
+@pytest.fixture(params=["integer loops", "integer loops, no row kernel", "integer loops, parallel",
                         "dequantize + BLAS"])
 def weight_path(request, monkeypatch):
-    """Run a weight-only test through every path, whatever the number of rows: the int4 decoding
-    row with and without the explicit 16-wide vectors of vnni.nibble_rows4_f32, the decoding
-    kernels' serial twins (small products) and their parallel originals."""
+    """Run a weight-only test through every path, whatever the number of rows: int4's float32
+    decoding row kernel (16-wide vectors, vnni.nibble_rows4_f32) or, switched off, the general
+    loops; the decoding kernels' serial twins (small products) and their parallel originals."""
     monkeypatch.setattr(K, "DEQUANT_MIN_ROWS", 1 if request.param == "dequantize + BLAS" else 10**9)
-    monkeypatch.setattr(K, "USE_VECTORS", request.param != "integer loops, numba's vectors")
+    monkeypatch.setattr(K, "USE_VECTORS", request.param != "integer loops, no row kernel")
     if request.param == "integer loops, parallel":
         monkeypatch.setattr(K, "SMALL_WORK", 0)
     return request.param

@@ -36,7 +36,10 @@ times each against float32 BLAS):
   One row (decoding) has its own kernel: four byte rows (eight k) per pass
   over the columns, nibbles converted without the - 8 (folded into one term
   per group), in explicit 16-wide float32 vectors with prefetching
-  (vnni.nibble_rows4_f32, USE_VECTORS) where numba's loop stops at 8 lanes;
+  (vnni.nibble_rows4_f32, USE_VECTORS): numba's own loop over the same four
+  rows ran at 8 lanes (0.15 ms for 768 x 3072 here) and, once numba was
+  allowed 512-bit vectors (kernels/__init__.py), with gathers (1.5 ms);
+  float64 rows take the general loops;
 - tasks are spread over threads with prange, and small calls run on one
   thread (threads.threads_for).
 Every path is checked against int_matmul_ref in tests/test_kernels_int_matmul.py
@@ -66,7 +69,7 @@ TILE_BATCH, TILE_ROW = 256, 64
 # register-blocked tiles (vnni.gemm_tile_u8s8); below, the dot-product kernel (packing
 # N K bytes per call costs about as much as 4-8 rows of products)
 GEMM_MIN_ROWS = 16
-USE_VECTORS = True  # int4 decoding row, float32: vnni.nibble_rows4_f32 (the tests switch it off too)
+USE_VECTORS = True  # int4 decoding row, float32: _int4_row_kernel (the tests switch it off too)
 # Weight-only int8 / int4 from this many rows: dequantize the weight (K N conversions,
 # about what the integer loops spend on 2-3 rows) into a reused buffer, then BLAS
 DEQUANT_MIN_ROWS = 16
@@ -387,12 +390,14 @@ def _int4_weight_kernel(x, packed, scales, group, zero, out, tile):
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _int4_row_kernel(x, packed, scales, group, out, tile, use_vectors):
-    """One row (decoding): out[n] = sum_g scales[g, n] (sum_{k in g} x[k] u[k, n] - 8 sum_{k in g} x[k]),
+def _int4_row_kernel(x, packed, scales, group, out, tile):
+    """One float32 row (decoding): out[n] = sum_g scales[g, n] (sum_{k in g} x[k] u[k, n] - 8 sum_{k in g} x[k]),
     u = q + 8 the stored nibble, so the nibbles go to float without the - 8 (it is one
     multiply-add per group and column instead). Four byte rows (eight k) are unpacked and
     multiplied per pass over the columns, so each partial sum is loaded and stored once
-    per eight multiply-adds. One task = `tile` columns; every loop runs along n.
+    per eight multiply-adds: the first nt - nt % COLS columns of a task in explicit 16-wide
+    vectors (vnni.nibble_rows4_f32, float32 only), the rest in a numba loop. One task =
+    `tile` columns; every loop runs along n.
     """
     K = x.size
     N = packed.shape[1]
@@ -411,13 +416,11 @@ def _int4_row_kernel(x, packed, scales, group, out, tile, use_vectors):
             part[:] = 0
             t = 0
             while t + 4 <= half:
-                j_vec = 0
-                if use_vectors:  # float32: the first nt - nt % COLS columns in explicit 16-wide vectors
-                    xs8[0], xs8[1], xs8[2], xs8[3] = x[k0 + t], x[k0 + t + 1], x[k0 + t + 2], x[k0 + t + 3]
-                    xs8[4], xs8[5] = x[k0 + half + t], x[k0 + half + t + 1]
-                    xs8[6], xs8[7] = x[k0 + half + t + 2], x[k0 + half + t + 3]
-                    j_vec = nt - nt % vnni.COLS
-                    vnni.nibble_rows4_f32(part, packed, r0 + t, j0, j_vec, xs8)
+                xs8[0], xs8[1], xs8[2], xs8[3] = x[k0 + t], x[k0 + t + 1], x[k0 + t + 2], x[k0 + t + 3]
+                xs8[4], xs8[5] = x[k0 + half + t], x[k0 + half + t + 1]
+                xs8[6], xs8[7] = x[k0 + half + t + 2], x[k0 + half + t + 3]
+                j_vec = nt - nt % vnni.COLS
+                vnni.nibble_rows4_f32(part, packed, r0 + t, j0, j_vec, xs8)
                 p0 = packed[r0 + t, j0:j0 + nt]
                 p1 = packed[r0 + t + 1, j0:j0 + nt]
                 p2 = packed[r0 + t + 2, j0:j0 + nt]
@@ -575,15 +578,14 @@ def int4_weight_matmul(x, packed, scales, group):
     # decoding: one long column run per thread (each byte row's slice costs a reference count);
     # the thread count numba started with (numba.get_num_threads() costs 3 us)
     tile = max(TILE_ROW, -(-packed.shape[1] // (16 * numba.config.NUMBA_NUM_THREADS)) * 16)
-    use_vectors = USE_VECTORS and x.dtype == np.float32
-    if x.shape[0] == 1:
+    if x.shape[0] == 1 and USE_VECTORS and x.dtype == np.float32:  # decoding (float64: the loops below)
         # the vector kernel costs about what int8's does a multiply-add (measured), so it counts
         # as int8's; below SMALL_WORK its serial twin runs without threads_for's switch
         if out.size * x.shape[1] < SMALL_WORK:
-            _int4_row_kernel_serial(x[0], packed, scales, group, out[0], tile, use_vectors)
+            _int4_row_kernel_serial(x[0], packed, scales, group, out[0], tile)
             return out
         with threads_for(out.size * x.shape[1]):
-            _int4_row_kernel(x[0], packed, scales, group, out[0], tile, use_vectors)
+            _int4_row_kernel(x[0], packed, scales, group, out[0], tile)
         return out
     with threads_for(4 * out.size * x.shape[1]):  # unpacking makes each multiply-add ~4x dearer
         _int4_weight_kernel(x, packed, scales, group, x.dtype.type(0), out, TILE_BATCH if x.shape[0] > ROWS else tile)

@@ -152,8 +152,9 @@ def gemm_tile_u8s8(typingctx, a, a_at, panel, k4, c):
 
 # ------------------------------------------------------- int4 decoding row
 # Not VNNI: plain LLVM vectors of 16 float32, which every x86 CPU runs (one zmm
-# with AVX-512, two ymm with AVX2). numba's own loop vectorises this at 8 lanes
-# and cannot be told to use 16; writing the vectors out gets both.
+# with AVX-512, two ymm with AVX2). numba's own loop left LLVM to choose: 8
+# lanes, or with 512-bit vectors allowed, gathers (10x slower); written out,
+# the vectors are what the loop means on every CPU.
 COLS = 64  # columns a step of nibble_rows4_f32: 4 vectors of 16
 
 
