@@ -25,6 +25,24 @@ def test_set_threads_sizes_numba_and_blas_and_the_environment(restore_threads):
     assert numba.get_num_threads() == 1
     assert all(b["threads"] == 1 for b in T.blas_threads())
     assert all(env[v] == "1" for v in T.ENV_VARS)  # what a child process (a tour chapter) inherits
+    T.set_threads(1)  # into os.environ: numba must still compile afterwards (it re-reads its settings then)
+
+    @numba.njit
+    def fresh(a):
+        return a + 1
+
+    assert fresh(1) == 2
+
+
+def test_a_child_process_gets_the_budget():
+    import subprocess
+    import sys
+
+    code = "import minigpt.kernels, numba; print(numba.get_num_threads(), numba.config.NUMBA_NUM_THREADS)"
+    env = {**os.environ, "MINIGPT_THREADS": "1"}
+    env.pop("NUMBA_NUM_THREADS", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["1", "1"]
     with pytest.raises(ValueError):
         T.set_threads(T.max_threads() + 1, env)
     with pytest.raises(ValueError):

@@ -51,4 +51,9 @@ def _full_width_vectors():
 
 
 _full_width_vectors()
+
+# --threads N in a parent process (threads.set_threads) reaches a child
+# through MINIGPT_THREADS; numba's pool size must be set before numba starts.
+if "MINIGPT_THREADS" in os.environ and "numba" not in __import__("sys").modules:
+    os.environ.setdefault("NUMBA_NUM_THREADS", os.environ["MINIGPT_THREADS"])
 from .warmup import warm_up  # noqa: E402,F401  (compile a dtype's kernels before a clock starts)

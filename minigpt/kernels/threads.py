@@ -37,7 +37,11 @@ def threads_for(work):
 # with its own set_num_threads call), which a hand-written ctypes lookup
 # would have to guess; without it, BLAS is left at its own default.
 _blas_single = False  # set by single_thread_blas(): the split products (kernels/matmul.py) are in use
-ENV_VARS = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+# What set_threads writes into the environment for processes started later.
+# Not NUMBA_NUM_THREADS: numba re-reads its settings when it compiles and
+# refuses a value that differs from its running pool's size; a child reads
+# MINIGPT_THREADS instead (kernels/__init__.py, before numba starts there).
+ENV_VARS = ("MINIGPT_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def _blas_controller():
