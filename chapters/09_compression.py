@@ -48,7 +48,7 @@ from minigpt.cli import main as minigpt
 from minigpt.compose import lineage, pareto_front, stored_as
 from minigpt.model import load_checkpoint
 from minigpt.pretrained import cache_dir, fast_mode, trained_model
-from minigpt.prune.cli import generation_speeds
+from minigpt.sampling import generation_speeds
 from minigpt.tour import save_figure
 from minigpt.train import evaluate
 

@@ -231,6 +231,69 @@ def test_kv_cache_forward_equals_full_forward():
     np.testing.assert_allclose(np.concatenate(parts, axis=1), full, rtol=1e-12, atol=1e-13)
 
 
+def _uncached_logits(model, idx):
+    """Logits of a forward whose block dicts are rebuilt from model.params right now
+    (what forward did before it kept them): the reference for the cached ones."""
+    fresh = GPT(model.config, params=dict(model.params), backend=model.backend)
+    return fresh.forward(idx)[0]
+
+
+def test_cached_block_dicts_follow_params():
+    """forward keeps each block's parameter dict between calls; every way
+    model.params changes must show up in the next forward's logits."""
+    from minigpt.model import add_head_gates
+    from minigpt.prune import apply
+    from minigpt.prune.structured import remove_heads
+
+    model = tiny_model()
+    idx, _ = batch(model.config, B=2)
+    first = model.forward(idx)[0]
+    np.testing.assert_array_equal(model.forward(idx)[0], first)  # the kept dicts: the same numbers
+    np.testing.assert_array_equal(_uncached_logits(model, idx), first)
+    changes = {
+        # training's in-place step: the dicts hold the same arrays
+        "in place": lambda m: m.params["h.1.mlp.c_fc.weight"].__iadd__(0.5),
+        # a new array under an existing name
+        "replaced": lambda m: m.params.__setitem__("h.0.attn.c_proj.weight", 2 * m.params["h.0.attn.c_proj.weight"]),
+        # a new name (a gate at 0 switches head 1 of block 1 off)
+        "gate added": lambda m: (add_head_gates(m.params, m.config), m.params["h.1.attn.head_gate"].__setitem__(1, 0.0)),
+        # a new params dict with fewer heads (structured pruning), then magnitude pruning's copies
+        "heads removed": lambda m: setattr(m, "params", remove_heads(m.params, m.config, {0: [0]})),
+        "pruned": lambda m: setattr(m, "params", apply(m.params, {"h.1.mlp.c_proj.weight":
+                                                                  np.abs(m.params["h.1.mlp.c_proj.weight"]) > 0.1})),
+    }
+    before = first
+    for what, change in changes.items():
+        change(model)
+        after = model.forward(idx)[0]
+        assert not np.allclose(after, before), what  # the change is seen ...
+        np.testing.assert_array_equal(after, _uncached_logits(model, idx), err_msg=what)  # ... exactly
+        before = after
+    # block_params hands out a copy: a caller editing it leaves the model alone
+    model.block_params(0).clear()
+    np.testing.assert_array_equal(model.forward(idx)[0], before)
+
+
+def test_cached_block_dicts_in_kv_cache_generation():
+    """Decoding step by step with the kept dicts gives the logits of an
+    uncached full forward, also after a parameter is replaced mid-way."""
+    model = tiny_model()
+    idx, _ = batch(model.config, B=2)
+    cache = KVCache(model.config, batch_size=2)
+    parts = [model.forward(idx[:, :3], kv_cache=cache)[0]]
+    for t in range(3, idx.shape[1]):
+        parts.append(model.forward(idx[:, t : t + 1], kv_cache=cache)[0])
+    # float64, the same ops grouped differently (as test_kv_cache_forward_equals_full_forward)
+    np.testing.assert_allclose(np.concatenate(parts, axis=1), _uncached_logits(model, idx), rtol=1e-12, atol=1e-13)
+    model.params["ln_f.weight"] = model.params["ln_f.weight"] * 3  # not a block's, but forward reads it fresh
+    model.params["h.1.ln_2.bias"] = model.params["h.1.ln_2.bias"] + 1.0
+    cache = KVCache(model.config, batch_size=2)
+    parts = [model.forward(idx[:, :4], kv_cache=cache)[0]]
+    for t in range(4, idx.shape[1]):
+        parts.append(model.forward(idx[:, t : t + 1], kv_cache=cache)[0])
+    np.testing.assert_allclose(np.concatenate(parts, axis=1), _uncached_logits(model, idx), rtol=1e-12, atol=1e-13)
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [dict(temperature=0.0), dict(temperature=1.0, seed=7), dict(temperature=0.8, top_k=4, top_p=0.9, seed=3)],
