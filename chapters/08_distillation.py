@@ -49,7 +49,8 @@ from minigpt.errors import ConfigError
 from minigpt.gradcheck import numerical_gradient, relative_error
 from minigpt.model import GPT
 from minigpt.pretrained import fast_mode, trained_model
-from minigpt.prune.cli import generation_speeds, param_bytes
+from minigpt.prune.cli import param_bytes
+from minigpt.sampling import generation_speeds
 from minigpt.tour import save_figure
 from minigpt.train import evaluate, train
 

@@ -354,7 +354,7 @@ def cmd_eval(args):
     line = (f"{model.num_params():,} parameters stored as {stored_as(model.params)}, "
             f"{Path(args.checkpoint).stat().st_size:,} bytes on disk")
     if args.bench_tokens:
-        from .prune.cli import generation_speeds
+        from .sampling import generation_speeds
 
         speed = generation_speeds([model], args.bench_tokens)[0]
         line += f", {speed:,.0f} tokens/s (greedy with the KV cache, {args.bench_tokens} tokens, median of 5)"

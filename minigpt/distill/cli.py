@@ -97,7 +97,8 @@ def cmd_distill(args):
     from ..cli import _check_writable, checkpoint_dataset
     from ..compose import with_step
     from ..model import load_checkpoint
-    from ..prune.cli import generation_speeds, param_bytes
+    from ..prune.cli import param_bytes
+    from ..sampling import generation_speeds
     from ..train import evaluate
     from .student import make_student, summarize
     from .train import distill

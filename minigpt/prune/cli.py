@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..sampling import generation_speeds
 from .masks import PruneError, alive_by_kind, apply, check_fraction, prunable_names, sparsity
 
 METHODS = ("magnitude", "global", "random", "gradual", "wanda", "2:4", "heads", "neurons", "sensitivity")
@@ -127,22 +128,6 @@ def _check_args(args):
         raise PruneError(f"--max-loss-increase is for --method sensitivity, not {method}")
     if args.embeddings and method not in ("magnitude", "global", "random", "gradual"):
         raise PruneError(f"--embeddings works with magnitude, global, random and gradual, not {method}")
-
-
-def generation_speeds(models, tokens, rounds=5) -> list[float]:
-    """Tokens per second of greedy generation with the KV cache for each
-    model: the median of `rounds` rounds that time every model once in turn,
-    so a burst of load from other programs falls on all of them alike."""
-    prompt = np.zeros(1, dtype=np.int64)
-    for m in models:
-        m.generate(prompt, 2, temperature=0.0)  # compiles or loads the kernels outside the clock
-    times = [[] for _ in models]
-    for _ in range(rounds):
-        for m, t in zip(models, times):
-            t0 = time.perf_counter()
-            m.generate(prompt, tokens, temperature=0.0)
-            t.append(time.perf_counter() - t0)
-    return [tokens / float(np.median(t)) for t in times]
 
 
 CALIB_LENGTH = 256  # tokens a calibration window at most: GPT-2 small's block of 1024 would make
