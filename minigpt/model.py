@@ -288,14 +288,17 @@ class GPT:
         return layer_shapes(self.params, self.config)
 
     # ---------------------------------------------------------------- forward
-    def forward(self, idx, targets=None, kv_cache: KVCache | None = None, keep_cache=None):
+    def forward(self, idx, targets=None, kv_cache: KVCache | None = None, keep_cache=None, last_only=False):
         """idx (B, T) ints -> (logits (B, T, V), loss or None).
 
         The caches for backward() (and activations()) are kept when targets
         are given, or when keep_cache=True. With a kv_cache, idx holds only
         the new positions; their keys/values are appended to the cache
-        (inference: no backward).
+        (inference: no backward). last_only: logits of the last position
+        only, (B, 1, V), what sampling reads (no targets, no backward).
         """
+        if last_only and (targets is not None or keep_cache):
+            raise ValueError("last_only=True gives no loss and keeps no caches")
         cfg, P = self.config, self.params
         idx = np.asarray(idx)
         if idx.ndim != 2:
@@ -322,6 +325,8 @@ class GPT:
                 caches[f"h.{i}"] = cache
             else:
                 kv_cache.layers[i] = cache["attn"]
+        if last_only:  # the head is V x C (38.6M multiply-adds at GPT-2's vocab) for every row it gets
+            x = x[:, -1:]  # (B, 1, C)
         x, caches["ln_f"] = ops["layernorm"][0](x, P["ln_f.weight"], P["ln_f.bias"])
         logits, caches["lm_head"] = lm_head_forward(x, P["wte.weight"])  # (B, T, V)
 
@@ -488,10 +493,10 @@ class GPT:
             for _ in tqdm(range(max_new_tokens), desc="generating", unit="token", delay=2.0, leave=False,
                           disable=not progress):
                 if not use_kv_cache:
-                    logits, _ = self.forward(idx[:, -T_max:])
+                    logits, _ = self.forward(idx[:, -T_max:], last_only=True)
                 elif cache is None or cache.length >= T_max:
                     cache = KVCache(self.config, idx.shape[0])
-                    logits, _ = self.forward(idx[:, -T_max:], kv_cache=cache)
+                    logits, _ = self.forward(idx[:, -T_max:], kv_cache=cache, last_only=True)
                 else:
                     logits, _ = self.forward(idx[:, -1:], kv_cache=cache)
                 nxt = sample_next_token(logits[:, -1, :], rng, temperature, top_k, top_p)

@@ -294,6 +294,23 @@ def test_cached_block_dicts_in_kv_cache_generation():
     np.testing.assert_allclose(np.concatenate(parts, axis=1), _uncached_logits(model, idx), rtol=1e-12, atol=1e-13)
 
 
+def test_last_only_logits_are_the_last_row():
+    """generate's prompt pass asks for the last position's logits only."""
+    model = tiny_model()
+    idx, targets = batch(model.config, B=2)
+    full, _ = model.forward(idx)
+    last, _ = model.forward(idx, last_only=True)
+    assert last.shape == (2, 1, model.config.vocab_size)
+    # float64; a one-row product may group the head's sums differently: ~1e-16 relative
+    np.testing.assert_allclose(last, full[:, -1:], rtol=1e-13, atol=1e-14)
+    cache = KVCache(model.config, batch_size=2)
+    np.testing.assert_allclose(model.forward(idx, kv_cache=cache, last_only=True)[0], full[:, -1:],
+                               rtol=1e-12, atol=1e-13)
+    assert cache.length == idx.shape[1]
+    with pytest.raises(ValueError, match="last_only"):
+        model.forward(idx, targets, last_only=True)
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [dict(temperature=0.0), dict(temperature=1.0, seed=7), dict(temperature=0.8, top_k=4, top_p=0.9, seed=3)],
