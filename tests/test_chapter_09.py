@@ -69,3 +69,12 @@ def test_chapter_09_compression(run_chapter):
     assert g["best"] in g["front_b"] and rows[g["best"]]["loss"] <= rows["teacher"]["loss"] + 0.1
     assert len(g["samples"]) == 3 and all(t.startswith(g["PROMPT"]) for t in g["samples"].values())
     assert "timed on" in out  # speed numbers name the CPU
+
+    # Exercise 3: the worked masked GPTQ and the library's mask pass the check on all eight block linears
+    # (which plain GPTQ fails), and the whole model quantized with keep_zeros keeps every pruned zero.
+    assert len(g["mine"]) == len(g["library"]) == 8 and all(r <= 1 for r in g["mine"].values())
+    assert "plain GPTQ fails the check" in out and g["kept_kz"][True] == 1.0
+    # Exercise 4: quantize-then-prune refused in one line; both fine-tuning orders measured.
+    assert "pruning needs float weights" in g["check_quantize_then_prune_refused"]()
+    assert set(g["order_loss"]) == {"n50ft-r4", "n50-r4", "n50-r4-qat"}
+    assert all(math.isfinite(v) for v in g["order_loss"].values())

@@ -42,6 +42,12 @@ grouping); the rows of the group are then quantized on that grid one by
 one. If H is a multiple of the identity no update happens and GPTQ is
 exactly RTN.
 
+A pruning mask (SparseGPT's joint mode, Frantar & Alistarh 2023) changes one
+thing: a pruned weight's code is 0, so its whole current value (moved off 0 by
+the earlier rows' updates) is that row's error, which the later rows absorb
+like any rounding error; the scales cover the kept weights only. A pruned
+checkpoint quantized this way keeps every zero (gptq_params' keep_zeros).
+
 Whole model (gptq_model): block by block, the Hessians of a block's four
 linear layers from their inputs in the model whose earlier blocks are
 already quantized (so later blocks correct for earlier errors, as in the
@@ -140,11 +146,17 @@ def _up_to_date(W, Err, U, b0, i, b1, rows_end):
     return np.concatenate([inside, past])
 
 
-def gptq_quantize(w, H, bits=4, group=None, damp=DAMP, block_size=BLOCK_SIZE):
+def gptq_quantize(w, H, bits=4, group=None, damp=DAMP, block_size=BLOCK_SIZE, mask=None):
     """(q, scales): GPTQ of one weight w (K, N) against the Hessian H (K, K).
 
     q (K, N) int8 codes in [-(2^(b-1) - 1), 2^(b-1) - 1]; scales (K / g, N) in
     w's dtype (g = K when group is None); W_hat[k, n] = q[k, n] * scales[k // g, n].
+
+    mask (K, N) bool, True where a weight is kept (SparseGPT's joint mode):
+    q is 0 wherever mask is False, and that row's error, the whole current
+    value there, goes to the later rows like any rounding error, so they
+    compensate the pruning too. A group's scales come from its kept weights.
+    An all-True mask is plain GPTQ.
     """
     w = np.asarray(w)
     dtype = w.dtype if w.dtype.kind == "f" else np.dtype(np.float64)
@@ -152,6 +164,9 @@ def gptq_quantize(w, H, bits=4, group=None, damp=DAMP, block_size=BLOCK_SIZE):
     g = K if group is None else int(group)
     if g <= 0 or K % g:
         raise ConfigError(f"group size {group} does not divide the {K} inputs of this weight")
+    if mask is not None and np.shape(mask) != (K, N):
+        raise ConfigError(f"mask of shape {np.shape(mask)} for a weight of shape {(K, N)}")
+    keep = None if mask is None else np.asarray(mask, dtype=bool)
     q_min, q_max = int_range(bits, symmetric=True)
     U = inverse_cholesky(H, damp)
     W = w.astype(np.float64)  # (K, N), updated in place as rows are quantized
@@ -163,9 +178,13 @@ def gptq_quantize(w, H, bits=4, group=None, damp=DAMP, block_size=BLOCK_SIZE):
         for i in range(b0, b1):
             if i % g == 0:  # the group's grid, from its rows as they are now
                 rows = _up_to_date(W, Err, U, b0, i, b1, i + g)
+                if keep is not None:
+                    rows = rows * keep[i:i + g]  # the grid covers what is stored, not what is pruned
                 scales[i // g] = quantize_tensor(rows.astype(dtype), bits, symmetric=True, axis=1).scale
             s = scales[i // g]
             q[i] = quantize(W[i].astype(dtype), s, 0, q_min, q_max)  # in w's dtype, as RTN rounds
+            if keep is not None:
+                q[i] *= keep[i]  # pruned: stored as 0, its whole value is this row's error
             Err[i - b0] = (W[i] - q[i] * s.astype(np.float64)) / U[i, i]
             W[i + 1:b1] -= np.outer(U[i, i + 1:b1], Err[i - b0])  # (rows left in the block, N)
         W[b1:] -= U[b0:b1, b1:].T @ Err  # the lazy update of every later row
@@ -187,7 +206,7 @@ def output_error(w, w_hat, H) -> float:
 
 
 def gptq_params(model: GPT, batches, kind="int4", bits=None, group=32, damp=DAMP, block_size=BLOCK_SIZE,
-                keep_float=(), progress=False) -> tuple[dict, dict]:
+                keep_float=(), progress=False, keep_zeros=False) -> tuple[dict, dict]:
     """(params, errors): model's block linears quantized with GPTQ, in the format
     quantize_params(model.params, kind, group, bits) writes; errors is
     {layer: {"rtn": E, "gptq": E}}, the output error ||X W - X W_hat||^2 / M on
@@ -195,6 +214,8 @@ def gptq_params(model: GPT, batches, kind="int4", bits=None, group=32, damp=DAMP
 
     batches: calibration token ids, each (B, T) (minigpt.quant.rescale.calibration_batches).
     progress: a bar over the blocks, shown once the run has taken PROGRESS_DELAY seconds.
+    keep_zeros: every weight that is exactly 0 (a pruned checkpoint's) stays 0, its error
+    compensated by the later rows (gptq_quantize's mask, SparseGPT's joint mode).
     """
     bits = bits or max(BITS.get(kind, (8,)))
     if kind not in KINDS:
@@ -213,19 +234,20 @@ def gptq_params(model: GPT, batches, kind="int4", bits=None, group=32, damp=DAMP
         layers = [f"h.{i}.{n}" for n in LINEARS if f"h.{i}.{n}.weight" in model.params  # not sparse
                   and not any(fnmatch.fnmatchcase(f"h.{i}.{n}", p) for p in keep_float)]
         if layers:
-            _quantize_block(model, runner, i, layers, work, out, errors, kind, bits, g, damp, block_size)
+            _quantize_block(model, runner, i, layers, work, out, errors, kind, bits, g, damp, block_size,
+                            keep_zeros)
         if i + 1 < L:
             runner.advance(i, work)  # later blocks see this block's quantized output
     return out, errors
 
 
-def _quantize_block(model, runner, i, layers, work, out, errors, kind, bits, g, damp, block_size):
+def _quantize_block(model, runner, i, layers, work, out, errors, kind, bits, g, damp, block_size, keep_zeros):
     """GPTQ of block i's layers from their Hessians; out gets the stored arrays, work the dequantized weights."""
     H = _block_hessians(runner, i, work, layers)
     for layer in layers:
         w = model.params[layer + ".weight"]
         try:
-            q, scales = gptq_quantize(w, H[layer], bits, g, damp, block_size)
+            q, scales = gptq_quantize(w, H[layer], bits, g, damp, block_size, mask=(w != 0) if keep_zeros else None)
         except ConfigError as e:
             raise ConfigError(f"{layer}: {e}") from None
         arrays = stored_arrays(q, scales, kind, g)
@@ -254,7 +276,8 @@ def _block_hessians(runner, i, params, layers) -> dict:
 
 
 def gptq_model(model: GPT, batches, kind="int4", bits=None, group=32, damp=DAMP, block_size=BLOCK_SIZE,
-               keep_float=()) -> tuple[GPT, dict]:
+               keep_float=(), keep_zeros=False) -> tuple[GPT, dict]:
     """(quantized GPT, errors): gptq_params wrapped in a model with model's config, tokenizer and backend."""
-    params, errors = gptq_params(model, batches, kind, bits, group, damp, block_size, keep_float)
+    params, errors = gptq_params(model, batches, kind, bits, group, damp, block_size, keep_float,
+                                 keep_zeros=keep_zeros)
     return GPT(model.config, params=params, backend=model.backend, tokenizer=model.tokenizer), errors
