@@ -120,3 +120,20 @@ def test_kernel_constants_are_the_references():
 
     assert (kgelu.GELU_K, kgelu.GELU_A) == (rgelu.GELU_K, rgelu.GELU_A)
     assert kln.LN_EPS == ref_ln.LN_EPS
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1, 3072), (2, 5, 33)])
+def test_gelu_serial_twin_is_the_parallel_kernel(shape, dtype, monkeypatch):
+    """Below SMALL_WORK (a decoding step's row) the GELU forward runs its
+    kernel's serial twin, with SMALL_WORK at 0 the parallel original: the same
+    element-wise code, so the same numbers, and both the reference's op.
+    (LayerNorm keeps its parallel kernel: its twin vectorised a row's sums
+    differently and moved float32 results by an ulp.)"""
+    from minigpt.kernels import gelu as kgelu
+
+    x = (3 * np.random.default_rng(3).standard_normal(shape) + 1).astype(dtype)
+    serial = kgelu.gelu_forward(x)[0]
+    assert np.all(np.abs(serial - ref_forward(x)[0]) <= TOL[dtype] * (1.0 + np.abs(x)))
+    monkeypatch.setattr(kgelu, "SMALL_WORK", 0)
+    np.testing.assert_array_equal(kgelu.gelu_forward(x)[0], serial)

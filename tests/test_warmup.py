@@ -17,6 +17,7 @@ from minigpt.layers import gelu as rgelu
 from minigpt.layers import layernorm as rln
 
 DISPATCHERS = [katt._forward_kernel, katt._backward_kernel, kgelu._gelu_forward_kernel,
+               kgelu._gelu_forward_kernel_serial,
                kgelu._gelu_backward_kernel, kln._forward_kernel, kln._backward_kernel]
 # kernels vs references: other summation orders and a polynomial exp, so a
 # few hundred ulps of the values' size in float32 and far below 1e-10 in float64

@@ -18,7 +18,7 @@ import numpy as np
 from numba import njit, prange
 
 from .fastexp import fexp
-from .threads import threads_for
+from .threads import SMALL_WORK, serial_twin, threads_for
 
 # The reference's constants (minigpt.layers.gelu), repeated here because the
 # kernels import nothing above them; tests/test_kernels_ops.py checks they agree.
@@ -74,12 +74,19 @@ def _rows(a):
     return a.reshape(-1, a.shape[-1]) if a.ndim else a.reshape(1, 1)
 
 
+# as in layernorm.py: small calls skip the parallel launch and threads_for's switch
+_gelu_forward_kernel_serial = serial_twin(_gelu_forward_kernel, "_gelu_forward_kernel_serial", FASTMATH)
+
+
 def gelu_forward(x):
     """Same contract as minigpt.layers.gelu.gelu_forward; cache = x."""
     x2 = _rows(x)
     out = np.empty_like(x2)
-    with threads_for(16 * x2.size):  # a decoding step's single row is not worth a second thread
-        _gelu_forward_kernel(x2, out, _constants(x2.dtype))
+    if 16 * x2.size < SMALL_WORK:  # a decoding step's single row is not worth a second thread
+        _gelu_forward_kernel_serial(x2, out, _constants(x2.dtype))
+    else:
+        with threads_for(16 * x2.size):
+            _gelu_forward_kernel(x2, out, _constants(x2.dtype))
     return out.reshape(np.shape(x)), x
 
 

@@ -29,6 +29,23 @@ def threads_for(work):
         numba.set_num_threads(n)
 
 
+def serial_twin(kernel, name, fastmath):
+    """kernel (an njit(parallel=True) function) compiled again without
+    parallel=True under its own name (numba's cache files are named after
+    the function; its flags are not in the key): prange runs as range.
+
+    For calls below SMALL_WORK, which run on one thread anyway: a parallel
+    kernel's launch costs ~1.5 us even on one thread, and threads_for's
+    switch ~30 us with two; a decoding step makes ~50 such small calls.
+    """
+    import types
+
+    f = kernel.py_func
+    twin = types.FunctionType(f.__code__, f.__globals__, name, f.__defaults__, f.__closure__)
+    twin.__qualname__ = name
+    return numba.njit(cache=True, fastmath=fastmath)(twin)
+
+
 # ------------------------------------------------------------ one budget
 # Two thread pools share the cores while a model trains: numba's (OpenMP,
 # for the kernels) and the BLAS library's (NumPy's OpenBLAS uses pthreads;

@@ -39,6 +39,7 @@ def _model_kernel_calls(dtype):
     """
     from .adamw import adamw_update, sum_squares
     from .attention import attention_backward, attention_forward
+    from . import gelu as gelu_kernels
     from .gelu import gelu_backward, gelu_forward
     from .layernorm import layernorm_backward, layernorm_forward
 
@@ -47,7 +48,9 @@ def _model_kernel_calls(dtype):
     out, cache = attention_forward(q, k, v)
     attention_backward(np.ones_like(out), cache)
     x = rng.standard_normal((2, 3, 8)).astype(dtype)  # (B, T, C)
-    y, cache = gelu_forward(x)
+    y, cache = gelu_forward(x)  # a small call: the kernel's serial twin (decoding's path)
+    x2 = x.reshape(-1, 8)
+    gelu_kernels._gelu_forward_kernel(x2, np.empty_like(x2), gelu_kernels._constants(x2.dtype))  # a batch's path
     gelu_backward(np.ones_like(y), cache)
     gamma, beta = np.ones(8, dtype=dtype), np.zeros(8, dtype=dtype)
     y, cache = layernorm_forward(x, gamma, beta)
