@@ -40,7 +40,6 @@ from .sparse_linear import is_sparse_cache, sparse_arrays, sparse_format, sparse
 from .sparse_linear import sparse_linear_forward, sparse_matmul_ref
 from .quantized_linear import (
     quantized_arrays,
-    quantized_format,
     quantized_linear_backward,
     quantized_linear_forward,
 )
@@ -75,10 +74,11 @@ def _width(p, name) -> int:
 
 def _linear_forward(x, p, name, ops):
     """The linear layer `name` of p: float weight, or integer weight (minigpt.layers.quantized_linear)."""
+    w = p.get(name + ".weight")
+    if w is not None:  # a float weight (a layer stores exactly one form, see model.check_params)
+        return ops["linear"][0](x, w, p[name + ".bias"])
     if sparse_format(p, name):  # a CSR weight (minigpt.layers.sparse_linear)
         return sparse_linear_forward(x, sparse_arrays(p, name), p[name + ".bias"], ops["sparse_matmul"][0])
-    if quantized_format(p, name) is None:
-        return ops["linear"][0](x, p[name + ".weight"], p[name + ".bias"])
     matmuls = {"int8": ops["int8_weight_matmul"][0], "int4": ops["int4_weight_matmul"][0],
                "w8a8": ops["w8a8_matmul"][0], "blocks": ops["block_weight_matmul"][0]}
     return quantized_linear_forward(x, quantized_arrays(p, name), p[name + ".bias"], matmuls)
