@@ -5,6 +5,7 @@ Gradient checks are float64 with the relative error of a tensor below 1e-6:
 centered differences with h = 1e-5 are accurate to ~1e-10 here (truncation
 h^2, rounding eps |L| / h), so only a wrong derivative reaches 1e-6.
 """
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -295,13 +296,15 @@ def _modules():
 
 def test_every_module_imports_alone_in_a_fresh_interpreter():
     # one interpreter per module, so none leans on another having been imported first
-    failures = []
-    for mod in _modules():
-        if mod.endswith("__main__"):  # importing it runs the command
-            continue
+    from concurrent.futures import ThreadPoolExecutor
+
+    def import_alone(mod):
         r = subprocess.run([sys.executable, "-c", f"import {mod}"], capture_output=True, text=True)
-        if r.returncode:
-            failures.append(f"{mod}: {r.stderr.strip().splitlines()[-1]}")
+        return f"{mod}: {r.stderr.strip().splitlines()[-1]}" if r.returncode else None
+
+    mods = [m for m in _modules() if not m.endswith("__main__")]  # importing __main__ runs the command
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # the interpreters start side by side
+        failures = [f for f in pool.map(import_alone, mods) if f]
     assert not failures
 
 
