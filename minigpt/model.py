@@ -328,7 +328,12 @@ class GPT:
         if last_only:  # the head is V x C (38.6M multiply-adds at GPT-2's vocab) for every row it gets
             x = x[:, -1:]  # (B, 1, C)
         x, caches["ln_f"] = ops["layernorm"][0](x, P["ln_f.weight"], P["ln_f.bias"])
-        logits, caches["lm_head"] = lm_head_forward(x, P["wte.weight"])  # (B, T, V)
+        if kv_cache is None and not last_only:
+            logits, caches["lm_head"] = lm_head_forward(x, P["wte.weight"])  # (B, T, V)
+        else:  # inference: the head as the backend's linear, which splits a product over the thread budget
+            wte = P["wte.weight"]  # (V, C): 154 MB at GPT-2's shape, read once a token; one thread per
+            # core reads it faster (the split cuts V at multiples of 8 rows for GPT-2's vocab: the same sums)
+            logits, _ = ops["linear"][0](x, wte.T, np.zeros(wte.shape[0], dtype=wte.dtype))  # (B, T, V)
 
         loss = None
         if targets is not None:

@@ -294,6 +294,26 @@ def test_cached_block_dicts_in_kv_cache_generation():
     np.testing.assert_allclose(np.concatenate(parts, axis=1), _uncached_logits(model, idx), rtol=1e-12, atol=1e-13)
 
 
+@pytest.mark.parametrize("split", [(1, 1), (2, 2)])
+def test_inference_head_gives_the_reference_heads_numbers(split, monkeypatch):
+    """Inference runs the tied head through the backend's linear (numba: split
+    over the thread budget). GPT-2's vocab splits in two at row 25128, a
+    multiple of 8, where BLAS's matrix-vector sums come out the same: the
+    same float32 logits as the reference head, bit for bit, split or not."""
+    from minigpt.kernels import matmul as km
+    from minigpt.layers.lm_head import lm_head_forward
+    from minigpt.ops import op_table
+
+    monkeypatch.setattr(km, "pieces_for", lambda M, K, N, threads=None: split)  # as with 1 or 2 threads
+    rng = np.random.default_rng(0)
+    wte = rng.standard_normal((50257, 64)).astype(np.float32)  # (V, C)
+    x = rng.standard_normal((1, 1, 64)).astype(np.float32)  # (B, T, C): one decoding step
+    want = lm_head_forward(x, wte)[0]  # (B, T, V)
+    for backend in ("numba", "numpy"):
+        got = op_table(backend)["linear"][0](x, wte.T, np.zeros(50257, dtype=np.float32))[0]
+        np.testing.assert_array_equal(got, want, err_msg=backend)
+
+
 def test_last_only_logits_are_the_last_row():
     """generate's prompt pass asks for the last position's logits only."""
     model = tiny_model()
