@@ -75,6 +75,75 @@ def _row_max(a, n):
     return max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
 
 
+@njit(cache=True, inline="always", fastmath=FASTMATH)
+def _scores4(qs, kT, j0, nb, s):
+    """s[r, j] += sum_d qs[r, d] kT[d, j0 + j] over d in groups of four (the
+    D % 4 tail is left to the caller). Four d at a time because the sum runs
+    through memory: with one d per pass, every pass loaded and stored all four
+    score rows for four FMAs; a group of four does sixteen per load and store."""
+    D = qs.shape[1]
+    for d in range(0, D - D % 4, 4):
+        q00, q01, q02, q03 = qs[0, d], qs[0, d + 1], qs[0, d + 2], qs[0, d + 3]
+        q10, q11, q12, q13 = qs[1, d], qs[1, d + 1], qs[1, d + 2], qs[1, d + 3]
+        q20, q21, q22, q23 = qs[2, d], qs[2, d + 1], qs[2, d + 2], qs[2, d + 3]
+        q30, q31, q32, q33 = qs[3, d], qs[3, d + 1], qs[3, d + 2], qs[3, d + 3]
+        # 0-based views (see the caller's note on negative-index checks)
+        k0, k1, k2, k3 = kT[d, j0:j0 + nb], kT[d + 1, j0:j0 + nb], kT[d + 2, j0:j0 + nb], kT[d + 3, j0:j0 + nb]
+        for j in range(nb):
+            a, b, c, e = k0[j], k1[j], k2[j], k3[j]
+            s[0, j] += q00 * a + q01 * b + q02 * c + q03 * e
+            s[1, j] += q10 * a + q11 * b + q12 * c + q13 * e
+            s[2, j] += q20 * a + q21 * b + q22 * c + q23 * e
+            s[3, j] += q30 * a + q31 * b + q32 * c + q33 * e
+
+
+@njit(cache=True, inline="always", fastmath=FASTMATH)
+def _weighted_sum4(s, vT, j0, nb, acc):
+    """acc[r, d] += sum_j s[r, j] vT[d, j0 + j] for d in groups of four (the
+    tail to the caller): each s element loaded serves four d, not one."""
+    D = acc.shape[1]
+    zero = acc[0, 0] - acc[0, 0]
+    for d in range(0, D - D % 4, 4):
+        v0, v1, v2, v3 = vT[d, j0:j0 + nb], vT[d + 1, j0:j0 + nb], vT[d + 2, j0:j0 + nb], vT[d + 3, j0:j0 + nb]
+        a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = zero
+        a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = zero
+        for j in range(nb):
+            p0, p1, p2, p3 = s[0, j], s[1, j], s[2, j], s[3, j]
+            x0, x1, x2, x3 = v0[j], v1[j], v2[j], v3[j]
+            a00 += p0 * x0
+            a01 += p0 * x1
+            a02 += p0 * x2
+            a03 += p0 * x3
+            a10 += p1 * x0
+            a11 += p1 * x1
+            a12 += p1 * x2
+            a13 += p1 * x3
+            a20 += p2 * x0
+            a21 += p2 * x1
+            a22 += p2 * x2
+            a23 += p2 * x3
+            a30 += p3 * x0
+            a31 += p3 * x1
+            a32 += p3 * x2
+            a33 += p3 * x3
+        acc[0, d] += a00
+        acc[0, d + 1] += a01
+        acc[0, d + 2] += a02
+        acc[0, d + 3] += a03
+        acc[1, d] += a10
+        acc[1, d + 1] += a11
+        acc[1, d + 2] += a12
+        acc[1, d + 3] += a13
+        acc[2, d] += a20
+        acc[2, d + 1] += a21
+        acc[2, d + 2] += a22
+        acc[2, d + 3] += a23
+        acc[3, d] += a30
+        acc[3, d + 1] += a31
+        acc[3, d + 2] += a32
+        acc[3, d + 3] += a33
+
+
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def _forward_kernel(q, k, v, scale, out, lse):
     B, H, T_q, D = q.shape
@@ -105,7 +174,8 @@ def _forward_kernel(q, k, v, scale, out, lse):
             for j0 in range(0, n, BLOCK):
                 nb = min(BLOCK, n - j0)
                 s[:, :nb] = 0.0
-                for d in range(D):
+                _scores4(qs, kT, j0, nb, s)
+                for d in range(D - D % 4, D):
                     q0, q1, q2, q3 = qs[0, d], qs[1, d], qs[2, d], qs[3, d]
                     # 0-based view: an index like j0 + j made numba emit a
                     # negative-index check per element and blocked SIMD (5x slower)
@@ -139,7 +209,8 @@ def _forward_kernel(q, k, v, scale, out, lse):
                     l[r] += lr
                     for j in range(nr, nb):
                         s[r, j] = 0.0  # masked: j > i + offset
-                for d in range(D):
+                _weighted_sum4(s, vT, j0, nb, acc)
+                for d in range(D - D % 4, D):
                     vrow = vT[d, j0:j0 + nb]
                     a0, a1, a2, a3 = zero, zero, zero, zero
                     for j in range(nb):
