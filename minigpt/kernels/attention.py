@@ -264,7 +264,9 @@ def _backward_kernel(q, k, v, out, lse, dout, scale, dq, dk, dv):
             n = n_vis.max()
             p[:, :n] = 0.0
             ds[:, :n] = 0.0
-            for d in range(D):
+            _scores4(qs, kT, 0, n, p)  # S = Q K^T * scale, head dims in fours
+            _scores4(g, vT, 0, n, ds)  # dP = dout V^T
+            for d in range(D - D % 4, D):
                 q0, q1, q2, q3 = qs[0, d], qs[1, d], qs[2, d], qs[3, d]
                 g0, g1, g2, g3 = g[0, d], g[1, d], g[2, d], g[3, d]
                 for j in range(n):
