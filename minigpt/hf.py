@@ -299,12 +299,23 @@ def _import_target(args) -> str:
     return args.checkpoint or args.out
 
 
+BAR_DELAY = 2.0  # seconds before import-hf shows its progress bar
+
+
 def cmd_import_hf(args):
     from .checkpoint import save_checkpoint
 
+    from .progress import tqdm
+
     out = _import_target(args)
-    model, note = import_hf(args.directory, dtype=args.dtype)
-    save_checkpoint(out, model, extra={"imported_from": str(Path(args.directory).resolve())})
+    # GPT-2 small takes seconds to read and to write (500 MB each way): a bar on stderr once BAR_DELAY has passed
+    with tqdm(total=2, desc="import-hf", unit="stage", delay=BAR_DELAY, leave=False) as bar:
+        bar.set_postfix_str("reading", refresh=False)
+        model, note = import_hf(args.directory, dtype=args.dtype)
+        bar.update()
+        bar.set_postfix_str(f"writing {out}", refresh=False)
+        save_checkpoint(out, model, extra={"imported_from": str(Path(args.directory).resolve())})
+        bar.update()
     c = model.config
     print(f"wrote {out}: {model.num_params():,} parameters ({c.n_layer} layers, {c.n_head} heads, "
           f"{c.n_embd} wide, block {c.block_size}, vocab {c.vocab_size}, {c.dtype})")

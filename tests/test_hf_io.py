@@ -186,6 +186,19 @@ def test_cli_round_trip_and_sampling_with_bpe(tmp_path, capsys):
     assert out.rstrip("\n") == m.tokenizer.decode(ids).rstrip("\n")
 
 
+def test_import_shows_a_progress_bar_once_it_takes_a_while(tmp_path, capsys, monkeypatch):
+    import minigpt.hf
+
+    d = _hf_dir(tmp_path, _model())
+    assert main(["import-hf", str(d), str(tmp_path / "quick.npz")]) == 0
+    assert "import-hf:" not in capsys.readouterr().err  # a small model is done before the bar's delay
+    monkeypatch.setattr(minigpt.hf, "BAR_DELAY", 0.0)  # as if it had taken longer
+    assert main(["import-hf", str(d), str(tmp_path / "slow.npz")]) == 0
+    err = capsys.readouterr().err
+    assert "import-hf:" in err and "/2 " in err  # the bar counts the two stages (reading, writing)
+    assert load_checkpoint(tmp_path / "slow.npz").model.num_params() == _model().num_params()
+
+
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["import-hf", str(tmp_path / "nowhere"), str(tmp_path / "m.npz")]) == 2
     assert main(["export-hf", str(tmp_path / "missing.npz"), str(tmp_path / "out")]) == 2
