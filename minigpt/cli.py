@@ -217,13 +217,14 @@ def _resume_conflicts(args, ckpt) -> list[str]:
 def _resume(args):
     """(checkpoint, its training config with the allowed changes applied)."""
     from . import load_checkpoint  # package level: minigpt.checkpoint or minigpt.model
+    from .compose import why_not_resumable
 
     ckpt = load_checkpoint(args.resume, backend=args.backend)
-    if ckpt.train_config is None or ckpt.optimizer_state is None:
-        from .compose import why_not_resumable
-
-        raise MinigptError(why_not_resumable(args.resume, ckpt.model.params)
-                           or f"{args.resume} holds no training state to resume from")
+    if ckpt.optimizer_state is None and why_not_resumable(args.resume, ckpt.model.params):
+        raise MinigptError(why_not_resumable(args.resume, ckpt.model.params))
+    # a run's step 0 (a one-shot pruned checkpoint) may come without optimizer state: AdamW starts fresh
+    if ckpt.train_config is None or (ckpt.optimizer_state is None and ckpt.step != 0):
+        raise MinigptError(f"{args.resume} holds no training state to resume from")
     conflicts = _resume_conflicts(args, ckpt)
     if conflicts:
         raise MinigptError(f"--resume {args.resume} continues the checkpoint's own model; these options "

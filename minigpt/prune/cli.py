@@ -227,7 +227,6 @@ def _sensitivity(model, masks, dataset, args):
 def cmd_prune(args):
     from ..checkpoint import save_checkpoint
     from ..model import GPT, load_checkpoint
-    from ..optim import AdamW
     from ..train import train
 
     _check_args(args)
@@ -282,9 +281,10 @@ def cmd_prune(args):
         train(pruned, dataset, tcfg, out=args.out, progress=not args.no_progress, extra_meta=meta, masks=masks,
               **hooks)
     else:
-        opt = AdamW(pruned.params, lr=tcfg.lr)  # a fresh run: `train --resume` starts here
+        # step 0 of a fine-tuning run that `train --resume` can start, with no optimizer state: AdamW's
+        # moments would all be 0 and make the file three times the model (1.5 GB at GPT-2 small)
         rng = np.random.default_rng(tcfg.seed)
-        save_checkpoint(args.out, pruned, step=0, optimizer=opt, train_config=tcfg,
+        save_checkpoint(args.out, pruned, step=0, train_config=tcfg,
                         rng_state={"data": rng.bit_generator.state}, extra={**meta, "history": {}}, masks=masks)
     alive = alive_by_kind(pruned.params, masks)  # before CSR storage hides the dense weights
     if args.sparse_storage:
