@@ -23,6 +23,9 @@ Each command reads a checkpoint and writes one, so they chain:
                             distill --init random (a teacher); pruning and a
                             second quantization need float weights
   Q8_0 / Q4_0 / k-means     sample / eval, distill --init random
+  ... + int8 head           as its block linears', but no train --qat (QAT
+  (quantize --head int8)    trains float block linears; the tied head's
+                            int8 rows would need a fake-quantized wte)
   ========================  =====================================================
 
   Pruning masks end at quantization: the integer formats store every weight
@@ -41,11 +44,14 @@ class ComposeError(MinigptError):
 
 
 def stored_as(params: dict) -> str:
-    """'float', 'csr' or the quantized format(s), e.g. 'int4' or 'int4+int8'."""
+    """'float', 'csr' or the quantized format(s), e.g. 'int4', 'int4+int8' or 'int4+int8 head'."""
+    from .layers.quantized_embedding import head_format
     from .prune.sparse import sparse_names
     from .quant.weights import quantized_layers
 
     kinds = sorted(set(quantized_layers(params).values()))
+    if head_format(params):  # the tied embedding / head, opt-in (quantize --head int8)
+        kinds.append(f"{head_format(params)} head")
     if kinds:
         return "+".join(kinds)
     return "csr" if sparse_names(params) else "float"
@@ -93,6 +99,9 @@ def why_not_resumable(path, params: dict) -> str:
     if kind == "csr":
         return (f"{path} stores pruned matrices as CSR (--sparse-storage, an inference checkpoint); fine-tune the "
                 f"dense pruned checkpoint, then store CSR")
+    if kind.endswith(" head"):  # quantize --head int8: QAT trains no integer embedding
+        return (f"{path} holds {kind} weights (an inference checkpoint); fine-tune the float checkpoint before "
+                f"quantizing, or quantize it without --head and fine-tune that with --qat")
     if kind != "float":
         extra = " with --qat" if kind in ("int8", "int4") else " before quantizing"
         return f"{path} holds {kind} weights (an inference checkpoint); fine-tune it{extra}"

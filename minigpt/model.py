@@ -25,6 +25,8 @@ from .layers.cross_entropy import cross_entropy_backward, cross_entropy_forward
 from .layers.dropout import dropout_backward, dropout_forward
 from .layers.embedding import embedding_backward, embedding_forward
 from .layers.lm_head import lm_head_backward, lm_head_forward
+from .layers.quantized_embedding import head_arrays, head_format, quantized_embedding_forward
+from .layers.quantized_embedding import quantized_head_backward, quantized_head_forward
 from .layers.sparse_linear import SPARSE_KEYS, csr_problem
 from .ops import check_backend, op_table
 from .sampling import check_sampling_args, sample_next_token
@@ -93,6 +95,7 @@ def check_params(params: dict, config: GPTConfig, error=ConfigError, where=""):
     gates = {f"h.{i}.attn.head_gate": (H,) for i, (H, _) in enumerate(layers)}
     quantized = _quantized_expected(params, expected, error, prefix)
     quantized.update(_sparse_expected(params, expected, error, prefix))
+    quantized.update(_head_expected(params, config, error, prefix))
     for name in quantized:
         expected.pop(name[: name.index(".weight") + len(".weight")], None)
     missing = [k for k in expected if k not in names]
@@ -146,6 +149,17 @@ def _quantized_expected(params, expected, error, prefix) -> dict:
             out.update({wname + ".int4": ((K // 2, N), np.uint8), wname + ".scales": ((K // g, N), fdtype),
                         wname + ".group": ((), np.int64)})
     return out
+
+
+def _head_expected(params, config, error, prefix) -> dict:
+    """{name: (shape, dtype)} of an integer tied embedding / head (minigpt.layers.quantized_embedding):
+    wte.weight.int8 (V, C) int8 and its per-row wte.weight.scale (V,) in the config's dtype."""
+    if "wte.weight" in params or "wte.weight.int8" not in params:
+        return {}  # a float wte, or none at all (reported missing), or both (reported unexpected)
+    if "wte.weight.scale" not in params:
+        raise error(f"{prefix}wte.weight.int8 has no wte.weight.scale (the int8 head's one scale per row)")
+    V, C = config.vocab_size, config.n_embd
+    return {"wte.weight.int8": ((V, C), np.int8), "wte.weight.scale": ((V,), config.dtype)}
 
 
 def _kmeans_expected(params, wname, shape, fdtype, error, prefix) -> dict:
@@ -315,7 +329,11 @@ class GPT:
         ops = op_table(self.backend)
         caches = {}
 
-        x, caches["emb"] = embedding_forward(idx, P["wte.weight"], P["wpe.weight"], offset)  # (B, T, C)
+        head = head_format(P)  # None: wte in float; "int8": the opt-in integer embedding / tied head
+        if head:
+            x, caches["emb"] = quantized_embedding_forward(idx, *head_arrays(P), P["wpe.weight"], offset)  # (B, T, C)
+        else:
+            x, caches["emb"] = embedding_forward(idx, P["wte.weight"], P["wpe.weight"], offset)  # (B, T, C)
         x, caches["emb.drop"] = dropout_forward(x, cfg.dropout, self.rng, train)
         for i, p in enumerate(self._block_dicts()):
             layer_kv = None if kv_cache is None else (kv_cache.layers[i] or (None, None))
@@ -328,7 +346,9 @@ class GPT:
         if last_only:  # the head is V x C (38.6M multiply-adds at GPT-2's vocab) for every row it gets
             x = x[:, -1:]  # (B, 1, C)
         x, caches["ln_f"] = ops["layernorm"][0](x, P["ln_f.weight"], P["ln_f.bias"])
-        if kv_cache is None and not last_only:
+        if head:  # the int8 weight product; a decoding row reads V x C bytes, a quarter of float32's
+            logits, caches["lm_head"] = quantized_head_forward(x, *head_arrays(P), ops["int8_weight_matmul"][0])
+        elif kv_cache is None and not last_only:
             logits, caches["lm_head"] = lm_head_forward(x, P["wte.weight"])  # (B, T, V)
         else:  # inference: the head as the backend's linear, which splits a product over the thread budget
             wte = P["wte.weight"]  # (V, C): 154 MB at GPT-2's shape, read once a token; one thread per
@@ -375,7 +395,10 @@ class GPT:
             raise ValueError(f"dlogits has shape {np.shape(dlogits)}, the logits "
                              f"{c['lm_head'][0].shape[:-1] + (cfg.vocab_size,)}")
         g = {}
-        dx, g["wte.weight"] = lm_head_backward(dlogits, c["lm_head"])
+        if head_format(self.params):  # an integer wte is frozen: dx only
+            dx = quantized_head_backward(dlogits, c["lm_head"])
+        else:
+            dx, g["wte.weight"] = lm_head_backward(dlogits, c["lm_head"])
         dx, g["ln_f.weight"], g["ln_f.bias"] = self._ops["layernorm"][1](dx, c["ln_f"])
         for i in reversed(range(cfg.n_layer)):
             if f"h.{i}" in hidden:  # dx is dL/d(block i's output) here
@@ -384,7 +407,8 @@ class GPT:
             g.update({f"h.{i}.{k}": v for k, v in block_grads.items()})
         dx = dropout_backward(dx, c["emb.drop"])
         dwte, g["wpe.weight"] = embedding_backward(dx, c["emb"])
-        g["wte.weight"] = g["wte.weight"] + dwte  # tied: head and embedding share wte
+        if "wte.weight" in g:
+            g["wte.weight"] = g["wte.weight"] + dwte  # tied: head and embedding share wte
         # GPT-2 order; integer (quantized) weights are frozen and get no gradient
         return {name: g[name] for name in self.params if name in g}
 

@@ -25,7 +25,7 @@ import numpy as np
 from ..compose import with_step
 from ..errors import ConfigError, MinigptError
 from .weights import BITS, bits_per_weight, dequantize_params, is_quantizable, kind_for_bits, quantized_layers
-from .weights import quantize_params, weight_bytes
+from .weights import is_quantized, quantize_head, quantize_params, weight_bytes
 
 DEFAULT_GROUP = 32
 METHODS = ("rtn", "gptq", "awq", "kmeans")
@@ -62,7 +62,7 @@ def register(sub):
                     "the quantized checkpoint (sample and eval read it like any other). Weights of 5 to 8 bits "
                     "are stored as int8 with one scale per output channel, 2 to 4 bits as packed 4-bit values "
                     "with one scale per group of inputs. The embeddings (also the output head), LayerNorms and "
-                    "biases stay float.")
+                    "biases stay float unless --head int8.")
     p.add_argument("checkpoint", help="a float checkpoint written by minigpt train or import-hf")
     p.add_argument("--out", metavar="QCKPT", required=True, help="where to write the quantized checkpoint")
     p.add_argument("--bits", type=_bits, help="bits a weight, 2 to 8 (default: 8, or the --format's)")
@@ -73,6 +73,10 @@ def register(sub):
                    help="W8A8: also quantize each token's activations to int8 on the fly (needs 8 bits)")
     p.add_argument("--format", choices=["q8_0", "q4_0"],
                    help="llama.cpp's block formats instead: 32 weights a block with a float16 scale")
+    p.add_argument("--head", choices=["int8"],
+                   help="also store the token embedding, which is the tied output head, as int8 with one scale "
+                        "per vocabulary row (default: float). At GPT-2's vocabulary the head is the largest "
+                        "matrix, read whole for every generated token")
     p.add_argument("--keep-float", nargs="+", metavar="LAYER", default=[],
                    help="layers (or shell patterns, e.g. 'h.0.*') to leave in float (default: none)")
     p.add_argument("--method", choices=METHODS, default="rtn",
@@ -112,7 +116,7 @@ def scheme_from_args(args) -> dict:
             raise MinigptError(f"--format {args.format} stores {bits}-bit weights, not --bits {args.bits}")
         if args.group_size is not None or args.activations:
             raise MinigptError(f"--format {args.format} has a fixed layout: drop --group-size / --activations")
-        return {"kind": args.format, "bits": bits, "group": None}
+        return {"kind": args.format, "bits": bits, "group": None, "head": getattr(args, "head", None)}
     bits = 8 if args.bits is None else args.bits
     if args.activations:
         if bits != 8:
@@ -125,13 +129,14 @@ def scheme_from_args(args) -> dict:
     group = (DEFAULT_GROUP if args.group_size is None else args.group_size) if kind == "int4" else None
     if group is not None and (group <= 0 or group % 2):
         raise MinigptError(f"--group-size must be a positive even number, got {group}")
-    return {"kind": kind, "bits": bits, "group": group}
+    return {"kind": kind, "bits": bits, "group": group, "head": getattr(args, "head", None)}
 
 
 def kmeans_scheme(args) -> dict:
     """{"kind": "kmeans", "bits", "group": None} of --method kmeans, or a MinigptError naming the
     option it has no use for (one codebook a tensor: no groups, scales, blocks or activations)."""
     clashes = {"--format": args.format, "--activations": args.activations, "--group-size": args.group_size,
+               "--head": getattr(args, "head", None),
                "--smooth": args.smooth, "--calib-batches": args.calib_batches,
                "--calib-length": getattr(args, "calib_length", None)}
     for flag, value in clashes.items():
@@ -165,6 +170,11 @@ def check_method_args(args, scheme):
 
 
 def describe(scheme: dict) -> str:
+    text = _describe_linears(scheme)
+    return f"{text} + {scheme['head']} head" if scheme.get("head") else text
+
+
+def _describe_linears(scheme: dict) -> str:
     kind, bits, group = scheme["kind"], scheme["bits"], scheme.get("group")
     if kind == "kmeans":
         return f"k-means {bits}-bit ({2 ** bits} centroids a tensor)"
@@ -230,15 +240,16 @@ def cmd_quantize(args):
         if scheme["group"] != DEFAULT_GROUP:  # a structurally pruned layer narrower than 32 inputs
             print(f"minigpt: groups of {scheme['group']} (the largest size up to {DEFAULT_GROUP} that divides "
                   f"every layer's input width)", file=sys.stderr)
-    params = _quantized_params(model, dataset, scheme, args)
+    params = quantize_head(_quantized_params(model, dataset, scheme, args), scheme["head"])
     qmodel = GPT(model.config, params=params, backend=model.backend, tokenizer=model.tokenizer)
+    head = " and the tied embedding / head" if scheme["head"] else ""
     print(f"minigpt: {args.checkpoint} -> {describe(scheme)}{_method_note(args)}; "
-          f"{len(quantized_layers(params))} linear layers quantized, corpus {source}", file=sys.stderr)
+          f"{len(quantized_layers(params))} linear layers{head} quantized, corpus {source}", file=sys.stderr)
     rows = []
     for label, m in (("float", model), ("quantized", qmodel)):
         rows.append((label, _validation(m, dataset, args), weight_bytes(m.params),
                      bits_per_weight(m.params), tokens_per_second(m, args.tokens)))
-    print(_table(rows, describe(scheme), model.config.dtype, _unit(model.tokenizer)))
+    print(_table(rows, describe(scheme), model.config.dtype, _unit(model.tokenizer), bool(scheme["head"])))
     meta = {k: v for k, v in ckpt.meta.items() if k in ("corpus", "history")}
     meta["quantization"] = {**scheme, "method": args.method, "smooth": args.smooth, "source": str(args.checkpoint),
                             "float_val_loss": rows[0][1], "val_loss": rows[1][1]}
@@ -382,8 +393,9 @@ def _unit(tokenizer):
     return "char" if isinstance(tokenizer, CharTokenizer) else "token"
 
 
-def _table(rows, label, dtype, unit) -> str:
-    """Before and after, side by side, each change in the last column."""
+def _table(rows, label, dtype, unit, head=False) -> str:
+    """Before and after, side by side, each change in the last column (head: the quantized
+    column's bits per weight count the int8 tied head too)."""
     (_, l0, b0, w0, t0), (_, l1, b1, w1, t1) = rows
     w = max(len(label), 12)
     return "\n".join([
@@ -391,7 +403,8 @@ def _table(rows, label, dtype, unit) -> str:
         f"{'val loss':<16}{l0:>12.4f}  {l1:>{w}.4f}   {l1 - l0:+.4f}",
         f"{'bits/' + unit:<16}{l0 / math.log(2):>12.4f}  {l1 / math.log(2):>{w}.4f}",
         f"{'weight bytes':<16}{b0:>12,}  {b1:>{w},}   {b0 / b1:.2f}x smaller",
-        f"{'bits per weight':<16}{w0:>12.2f}  {w1:>{w}.2f}   (block linears, scales included)",
+        f"{'bits per weight':<16}{w0:>12.2f}  {w1:>{w}.2f}   "
+        f"({'block linears and the int8 head' if head else 'block linears'}, scales included)",
         f"{'tokens/s':<16}{t0:>12.1f}  {t1:>{w}.1f}   {t1 / t0:.2f}x (greedy, batch 1)",
     ])
 
@@ -404,6 +417,11 @@ def scheme_of(params) -> dict:
     """The {"kind", "bits", "group"} a quantized parameter dict was made with, read off
     its arrays: symmetric min-max puts every slice's largest weight on +-q_max, so
     the largest code gives the bits; one group size (or per channel) for all layers."""
+    from ..layers.quantized_embedding import head_format
+
+    if head_format(params):
+        raise ConfigError("its tied embedding / head is int8 too (quantize --head int8), and quantization-aware "
+                          "training trains float embeddings only; fine-tune a checkpoint quantized without --head")
     layers = quantized_layers(params)
     kinds = set(layers.values())
     if len(kinds) != 1:
@@ -461,7 +479,7 @@ def cmd_train_qat(args):
     if given:
         raise MinigptError(f"--qat fine-tunes the checkpoint's own model; drop {', '.join(given)}")
     ckpt = load_checkpoint(args.resume, backend=args.backend)
-    if not quantized_layers(ckpt.model.params):
+    if not is_quantized(ckpt.model.params):
         raise MinigptError(f"--qat needs a quantized checkpoint, and {args.resume} holds float weights; "
                            f"make one first: minigpt quantize {args.resume} --bits 4 --out q.npz")
     try:

@@ -14,7 +14,12 @@ minigpt.layers.quantized_linear, through the one quantizer
     q8_0, q4_0   llama.cpp's blocks of 32 (minigpt.kernels.block_formats)
 
 The embeddings, which are also the tied output head, the LayerNorms and the
-biases stay in float; so does any block linear named in keep_float.
+biases stay in float; so does any block linear named in keep_float. Opt-in,
+head="int8" stores the token embedding / tied head wte (V, C) as int8 with
+one symmetric scale per vocabulary row (per output channel of the head:
+minigpt.layers.quantized_embedding), the arrays wte.weight.int8 and
+wte.weight.scale. At GPT-2's vocabulary the head is the largest matrix
+(38.6M weights); a decoding step reads all of it.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ from ..errors import ConfigError
 from ..kernels.block_formats import BLOCK, BLOCK_BYTES, quantize_weight_blocks
 from ..kernels.int_matmul_ref import pack_int4
 from ..kernels.quantizer import quantize_tensor
+from ..layers.quantized_embedding import HEAD_FORMATS, head_arrays, head_format
 from ..layers.quantized_linear import FORMAT_KEYS, dequantize, quantized_arrays, quantized_in_out
 from ..model import GPT
 
@@ -78,16 +84,44 @@ def is_quantizable(name: str) -> bool:
     return name.endswith(".weight") and name.startswith("h.") and name[: -len(".weight")].endswith(QUANTIZED_SUFFIXES)
 
 
-def quantize_params(params: dict, kind: str, group=32, bits: int | None = None, keep_float=()) -> dict:
+def check_head(head):
+    """ConfigError unless head is None (a float wte) or a format quantize_head can store."""
+    if head is not None and head not in HEAD_FORMATS:
+        raise ConfigError(f"head must be None (float) or one of {list(HEAD_FORMATS)}, got {head!r}")
+
+
+def quantize_head(params: dict, head="int8") -> dict:
+    """A new parameter dict with wte.weight (V, C) replaced by wte.weight.int8 (V, C) and
+    wte.weight.scale (V,): the head x @ wte^T is a linear with weight wte^T (C, V), quantized
+    as weight_arrays' int8 does it, one scale per output channel = per row of wte."""
+    check_head(head)
+    if head is None:
+        return dict(params)
+    if "wte.weight" not in params:
+        raise ConfigError("the tied embedding / head is quantized already (or missing); start from a float wte")
+    arrays = weight_arrays(params["wte.weight"].T, head)  # int8 (V, C): rows are wte's rows
+    out = {}
+    for name, p in params.items():  # in place of wte.weight, so the order stays GPT-2's
+        if name == "wte.weight":
+            out.update({f"wte.weight.{k}": a for k, a in arrays.items()})
+        else:
+            out[name] = p
+    return out
+
+
+def quantize_params(params: dict, kind: str, group=32, bits: int | None = None, keep_float=(), head=None) -> dict:
     """A new parameter dict: each block linear's NAME.weight replaced by the
     arrays of format `kind`; the rest shared (not copied).
 
     group: int4's group size (None: all K inputs, one scale per output channel).
     bits: int8 5..8 (default 8), int4 2..4 (default 4).
     keep_float: layer names or shell patterns ("h.0.*", "*.mlp.c_proj") left in float.
+    head: None keeps the token embedding / tied head in float; "int8" stores it as
+    int8 with one scale per vocabulary row (quantize_head).
     """
     bits = bits or max(BITS.get(kind, (8,)))
     check_scheme(kind, bits, group)
+    check_head(head)
     if is_quantized(params):
         raise ConfigError("these weights are quantized already; quantize the float checkpoint instead")
     out = {}
@@ -101,19 +135,23 @@ def quantize_params(params: dict, kind: str, group=32, bits: int | None = None, 
         except ConfigError as e:
             raise ConfigError(f"{name}: {e}") from None
         out.update({f"{name}.{k}": a for k, a in arrays.items()})
-    return out
+    return quantize_head(out, head) if head else out
 
 
-def quantize_model(model: GPT, kind: str, group=32, bits: int | None = None, keep_float=()) -> GPT:
-    """A new GPT with model's config, tokenizer and backend, its block linears quantized (see quantize_params)."""
-    params = quantize_params(model.params, kind, group, bits, keep_float)
+def quantize_model(model: GPT, kind: str, group=32, bits: int | None = None, keep_float=(), head=None) -> GPT:
+    """A new GPT with model's config, tokenizer and backend, its block linears (and with head="int8",
+    its tied embedding / head) quantized (see quantize_params)."""
+    params = quantize_params(model.params, kind, group, bits, keep_float, head)
     return GPT(model.config, params=params, backend=model.backend, tokenizer=model.tokenizer)
 
 
 def quantized_layers(params: dict) -> dict[str, str]:
-    """{layer name: format} of every quantized linear in params."""
+    """{layer name: format} of every quantized linear in params (the block linears: an
+    integer tied embedding / head is head_format's, not a layer here)."""
     out = {}
     for name in params:
+        if name.startswith("wte."):  # wte.weight.int8 has the int8 linear's keys, but no bias, no layer
+            continue
         for fmt, keys in FORMAT_KEYS.items():  # the first key names the array that marks the format
             if name.endswith(f".weight.{keys[0]}"):
                 out[name[: -len(f".weight.{keys[0]}")]] = fmt
@@ -121,7 +159,8 @@ def quantized_layers(params: dict) -> dict[str, str]:
 
 
 def is_quantized(params: dict) -> bool:
-    return bool(quantized_layers(params))
+    """True if any block linear, or the tied embedding / head, is stored as integers."""
+    return bool(quantized_layers(params)) or head_format(params) is not None
 
 
 def dequantize_params(params: dict) -> dict:
@@ -132,6 +171,11 @@ def dequantize_params(params: dict) -> dict:
     for layer in layers:
         dtype = params[layer + ".bias"].dtype
         out[layer + ".weight"] = np.ascontiguousarray(dequantize(quantized_arrays(params, layer)).astype(dtype))
+    if head_format(params):  # wte_hat (V, C), where wte.weight stood
+        wte_q, scale = head_arrays(params)
+        wte = wte_q.astype(scale.dtype) * scale[:, None]
+        out = {("wte.weight" if k == "wte.weight.int8" else k): (wte if k == "wte.weight.int8" else v)
+               for k, v in out.items() if k != "wte.weight.scale"}
     return out
 
 
@@ -141,13 +185,17 @@ def weight_bytes(params: dict) -> int:
 
 
 def bits_per_weight(params: dict) -> float:
-    """8 x bytes / weights over the quantized linears (their scales included), or
-    over the block linears' float weights if nothing is quantized."""
+    """8 x bytes / weights over the quantized linears (their scales included) and an
+    integer tied head (head="int8", its scales included), or over the block linears'
+    float weights if nothing is quantized."""
     layers = quantized_layers(params)
-    if not layers:
+    if not layers and not head_format(params):
         ws = [p for n, p in params.items() if is_quantizable(n)]
         return 8.0 * sum(p.nbytes for p in ws) / sum(p.size for p in ws)
     nbytes = weights = 0
+    if head_format(params):
+        nbytes += sum(a.nbytes for a in head_arrays(params))
+        weights += head_arrays(params)[0].size
     for layer in layers:
         q = quantized_arrays(params, layer)
         K, N = quantized_in_out(q)
