@@ -18,7 +18,8 @@ from minigpt.layers import layernorm as rln
 
 DISPATCHERS = [katt._forward_kernel, katt._backward_kernel, kgelu._gelu_forward_kernel,
                kgelu._gelu_forward_kernel_serial,
-               kgelu._gelu_backward_kernel, kln._forward_kernel, kln._backward_kernel]
+               kgelu._gelu_backward_kernel, kln._forward_kernel, kln._backward_kernel,
+               kln._forward_kernel_serial, kln._backward_kernel_serial]
 # kernels vs references: other summation orders and a polynomial exp, so a
 # few hundred ulps of the values' size in float32 and far below 1e-10 in float64
 TOL = {"float32": 1e-4, "float64": 1e-10}
@@ -62,7 +63,8 @@ from minigpt.kernels import attention as katt, gelu as kgelu, layernorm as kln, 
 from minigpt.model import GPT
 
 dispatchers = [katt._forward_kernel, katt._backward_kernel, kgelu._gelu_forward_kernel,
-               kgelu._gelu_backward_kernel, kln._forward_kernel, kln._backward_kernel]
+               kgelu._gelu_backward_kernel, kln._forward_kernel, kln._backward_kernel,
+               kln._forward_kernel_serial, kln._backward_kernel_serial]
 warm_up("float32", verbose=False)
 before = [set(d.signatures) for d in dispatchers]
 cfg = GPTConfig(vocab_size=11, block_size=9, n_layer=2, n_head=2, n_embd=8)

@@ -53,8 +53,11 @@ def _model_kernel_calls(dtype):
     gelu_kernels._gelu_forward_kernel(x2, np.empty_like(x2), gelu_kernels._constants(x2.dtype))  # a batch's path
     gelu_backward(np.ones_like(y), cache)
     gamma, beta = np.ones(8, dtype=dtype), np.zeros(8, dtype=dtype)
-    y, cache = layernorm_forward(x, gamma, beta)
+    y, cache = layernorm_forward(x, gamma, beta)  # small: the serial twins
     layernorm_backward(np.ones_like(y), cache)
+    from . import layernorm as ln_kernels
+
+    ln_kernels.warm_parallel(x, gamma, beta)  # a large batch's path
     p, g, m, v = (np.ones(4, dtype=dtype) for _ in range(4))  # the optimizer's step (minigpt.optim)
     sum_squares(g)
     adamw_update(p, g, m, v, 0.9, 0.99, 0.1, 0.01, 1e-8, 0.1, 1e-3)
