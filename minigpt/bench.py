@@ -556,12 +556,47 @@ def bench_train_step(quick, torch):
 KERNEL_OPS = ("attention", "gelu", "layernorm", "linear")  # the numba backend's ops in a training step
 
 
+def l2_cache_bytes(root="/sys/devices/system/cpu/cpu0/cache"):
+    """This CPU's per-core level-2 cache in bytes, read from the kernel (Linux), else 4 MB."""
+    try:
+        for index in sorted(os.listdir(root)):
+            d = os.path.join(root, index)
+            with open(os.path.join(d, "level")) as f:
+                if f.read().strip() != "2":
+                    continue
+            with open(os.path.join(d, "size")) as f:
+                size = f.read().strip().upper()
+            units = {"K": 2**10, "M": 2**20, "G": 2**30}
+            return int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
+    except (OSError, ValueError):
+        pass
+    return 4 * 2**20
+
+
+def _cache_evictor():
+    """A function that pushes the core's caches out (by writing a buffer four
+    times this CPU's L2): afterwards a kernel's arguments come from L3 or
+    memory, as a training step's do (a step's arrays are many times the L2)."""
+    buf = np.zeros(4 * l2_cache_bytes() // 8)
+
+    def evict():
+        buf[::8] += 1.0  # one write per 64-byte line: every line is fetched and dirtied
+
+    return evict
+
+
 def bench_kernels_in_step(quick, torch):
     """Each numba op's time inside training steps (the small shape) against the
     same calls, same arguments, repeated alone: the two thread pools (numba's
     and the products') taking cores from each other would show as a ratio
     well below 1. Per op: the sum over one step's calls, median over steps;
-    alone: the sum of the same calls run again right after each step, median over steps."""
+    alone: the sum of the same calls run again right after each step, median over steps.
+
+    Run again right away, a call finds its arguments (and the memory its
+    outputs reuse) in cache, which inside a step they mostly are not: a
+    third row runs each call alone after evicting the caches (_cache_evictor),
+    the other bound. A kernel slowed only by where its data was sits between
+    the two; one slower than both is slowed by something else (threads)."""
     from . import model as M
 
     cfg, tcfg, x, y = _train_setup("small")
@@ -580,7 +615,8 @@ def bench_kernels_in_step(quick, torch):
     ops = {**table, **{op: (timed((op, "fwd"), table[op][0]), timed((op, "bwd"), table[op][1])) for op in KERNEL_OPS}}
     original = M.op_table
     M.op_table = lambda backend: ops  # the model asks the table at every forward
-    in_step, alone = {}, {}
+    in_step, alone, cold = {}, {}, {}
+    evict = _cache_evictor()
     try:
         step = _minigpt_step(cfg, tcfg, x, y, "numba")
         step()
@@ -597,16 +633,27 @@ def bench_kernels_in_step(quick, torch):
                     fn(*args)
                     seconds += time.perf_counter() - t0
                 alone.setdefault(key, []).append(seconds)
+                seconds = 0.0
+                for args, _ in calls:
+                    evict()
+                    t0 = time.perf_counter()
+                    fn(*args)
+                    seconds += time.perf_counter() - t0
+                cold.setdefault(key, []).append(seconds)
     finally:
         M.op_table = original
     rows = []
     about = (f"small shape ({cfg.n_layer}L {cfg.n_embd}w T={cfg.block_size} B={tcfg.batch_size}), the sum of one "
-             "step's calls, and of the same calls again right after the step, alone; medians over steps")
+             "step's calls, and of the same calls again right after the step, alone (data in cache), and alone "
+             f"with the caches evicted before each call (a {4 * l2_cache_bytes() // 2**20} MB buffer written: "
+             "data from L3/memory, as in a step); medians over steps")
     for (op, which), calls in last.items():
         t_alone, t_in = statistics.median(alone[(op, which)]), statistics.median(in_step[(op, which)])
+        t_cold = statistics.median(cold[(op, which)])
         case = f"{op} {'forward' if which == 'fwd' else 'backward'} ({len(calls)} calls)"
         rows.append(_row("kernels in step", about, case, "alone", t_alone, "alone", 1.0))
         rows.append(_row("kernels in step", about, case, "inside the training step", t_in, "alone", t_alone / t_in))
+        rows.append(_row("kernels in step", about, case, "alone, caches evicted", t_cold, "alone", t_alone / t_cold))
     return rows
 
 

@@ -168,6 +168,17 @@ def test_readme_bench_output_is_in_the_commands_layout():
     _check_table_layout(text.rstrip("\n"))
 
 
+def test_l2_cache_bytes_reads_the_level_2_entry(tmp_path):
+    # the cold-cache eviction buffer is sized from the CPU's own L2, as the kernel reports it
+    for index, (level, size) in enumerate([("1", "48K"), ("2", "2048K"), ("3", "266240K")]):
+        d = tmp_path / f"index{index}"
+        d.mkdir()
+        (d / "level").write_text(level + "\n")
+        (d / "size").write_text(size + "\n")
+    assert bench.l2_cache_bytes(str(tmp_path)) == 2048 * 1024
+    assert bench.l2_cache_bytes(str(tmp_path / "missing")) == 4 * 2**20  # no sysfs (not Linux): a default
+
+
 def test_train_step_and_kernels_in_step_sections(monkeypatch):
     # the same code on a tiny shape: both training shapes, every numba op timed inside the step and alone
     monkeypatch.setattr(bench, "_torch", lambda: None)
@@ -181,7 +192,7 @@ def test_train_step_and_kernels_in_step_sections(monkeypatch):
     inside = [r for r in rows if r["section"] == "kernels in step"]
     ops = {r["case"].split(" (")[0] for r in inside}
     assert ops == {f"{op} {w}" for op in bench.KERNEL_OPS for w in ("forward", "backward")}
-    assert [r["impl"] for r in inside[:2]] == ["alone", "inside the training step"]
+    assert [r["impl"] for r in inside[:3]] == ["alone", "inside the training step", "alone, caches evicted"]
     assert all(r["ms"] > 0 for r in inside)
     from minigpt import model, ops
 
