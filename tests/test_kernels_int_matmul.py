@@ -1,10 +1,12 @@
 """Integer matmul kernels against the NumPy references that define them."""
+import contextlib
+
 import numpy as np
 import pytest
 
 from minigpt.kernels import int_matmul as K
 from minigpt.kernels import int_matmul_ref as R
-from minigpt.kernels.vnni import HAS_VNNI
+from minigpt.kernels.vnni import HAS_AVX512F, HAS_VNNI
 
 # (M, K, N): one row, one column, N not a multiple of the 4-channel tiles,
 # M not a multiple of the 4-row int4 blocks, N beyond one 256-column tile.
@@ -28,12 +30,18 @@ def int8_path(request, monkeypatch):
 
 
 @pytest.fixture(params=["integer loops", "integer loops, no row kernel", "integer loops, parallel",
-                        "dequantize + BLAS"])
+                        "dequantize + BLAS", "float32 GEMM"])
 def weight_path(request, monkeypatch):
     """Run a weight-only test through every path, whatever the number of rows: int4's float32
     decoding row kernel (16-wide vectors, vnni.nibble_rows4_f32) or, switched off, the general
-    loops; the decoding kernels' serial twins (small products) and their parallel originals."""
-    monkeypatch.setattr(K, "DEQUANT_MIN_ROWS", 1 if request.param == "dequantize + BLAS" else 10**9)
+    loops; the decoding kernels' serial twins (small products) and their parallel originals;
+    the batch paths: dequantize + BLAS, and (float32, AVX-512) the GEMM that dequantizes
+    into its panels (float64 x takes BLAS's path there too)."""
+    batch = request.param in ("dequantize + BLAS", "float32 GEMM")
+    if request.param == "float32 GEMM" and not HAS_AVX512F:
+        pytest.skip("this CPU has no AVX-512")
+    monkeypatch.setattr(K, "DEQUANT_MIN_ROWS", 1 if batch else 10**9)
+    monkeypatch.setattr(K, "USE_F32_GEMM", request.param == "float32 GEMM")
     monkeypatch.setattr(K, "USE_VECTORS", request.param != "integer loops, no row kernel")
     if request.param == "integer loops, parallel":
         monkeypatch.setattr(K, "SMALL_WORK", 0)
@@ -143,6 +151,71 @@ def test_int4_weight_only_matches_reference(shape, group, dtype, weight_path):
     ref = R.int4_weight_matmul_ref(x, packed, scales, group)
     assert got.dtype == dtype
     np.testing.assert_allclose(got, ref, rtol=FTOL[dtype], atol=FTOL[dtype] * np.sqrt(Kd))
+
+
+def _summation_bound(x, w_hat):
+    """|x @ w_hat computed in float32 in any order - the exact product| <= K eps32 (|x| @ |w_hat|):
+    each of the K - 1 additions and K products rounds by at most eps32 / 2 relative to the partial
+    sums, which are bounded by |x| @ |w_hat| (the classic gamma_K bound, taken loosely)."""
+    return x.shape[1] * np.finfo(np.float32).eps * (np.abs(x).astype(np.float64) @ np.abs(w_hat).astype(np.float64))
+
+
+def _assert_float32_product(got, x, w_hat):
+    """got (float32) is x @ w_hat to float32 rounding in some summation order: within
+    _summation_bound of the float64 product of the same float32 values, element by element."""
+    assert got.dtype == np.float32 and got.shape == (x.shape[0], w_hat.shape[1])
+    exact = x.astype(np.float64) @ w_hat.astype(np.float64)
+    assert np.all(np.abs(got - exact) <= _summation_bound(x, w_hat) + 1e-30)
+
+
+# The float32 GEMM of the batch path: M around its 6-row tiles (fewer rows than one tile, one,
+# past one and not a multiple), N around its 64-column panels and 16-column vectors, K not a
+# multiple of int8's 4-byte gathers, int4 groups 32 / 64 / 128 with K = one group; k_block forces
+# the k blocks (panel rows): K in one block, several, and a last block shorter than the others.
+F32_GEMM_CASES = [(1, 3, 1, 32), (5, 37, 70, 32), (6, 64, 64, 64), (7, 130, 129, 32), (13, 256, 200, 128),
+                  (25, 128, 16, 128), (19, 96, 65, 32)]
+
+
+@pytest.mark.skipif(not HAS_AVX512F, reason="the float32 GEMM needs AVX-512")
+@pytest.mark.parametrize("k_block", [None, 32, 40])
+@pytest.mark.parametrize("M, Kd, N, group", F32_GEMM_CASES)
+@pytest.mark.parametrize("parallel", [False, True])
+def test_float32_gemm_is_the_dequantized_product(M, Kd, N, group, k_block, parallel, monkeypatch):
+    monkeypatch.setattr(K, "DEQUANT_MIN_ROWS", 1)
+    monkeypatch.setattr(K, "USE_F32_GEMM", True)
+    if k_block is not None:  # panels of k_block rows (int4: at least one group; int8: a multiple of 4)
+        monkeypatch.setattr(K, "PANEL_BYTES", 4 * 64 * k_block)
+    if parallel:  # numba's full thread count even for these small products: panels split between threads
+        monkeypatch.setattr(K, "threads_for", lambda work: contextlib.nullcontext())
+    rng = np.random.default_rng(M * 1000 + Kd)
+    x = rng.standard_normal((M, Kd)).astype(np.float32)
+    w = rng.standard_normal((Kd, N)).astype(np.float32)
+    w_q, w_s = R.quantize_per_channel(w)
+    got8 = K.int8_weight_matmul(x, w_q, w_s)
+    _assert_float32_product(got8, x, R.dequantize_int8(w_q, w_s).T)
+    if Kd % group == 0:
+        packed, scales = R.quantize_int4_groupwise(w, group)
+        got4 = K.int4_weight_matmul(x, packed, scales, group)
+        _assert_float32_product(got4, x, R.dequantize_int4(packed, scales, group))
+
+
+@pytest.mark.skipif(not HAS_AVX512F, reason="the float32 GEMM needs AVX-512")
+def test_float32_gemm_packs_the_reference_weights(monkeypatch):
+    # x = the identity picks the rows of the dequantized weight out of the product: no sum, so the
+    # panels must hold the reference's dequantized values exactly (every int8 value and nibble)
+    monkeypatch.setattr(K, "DEQUANT_MIN_ROWS", 1)
+    monkeypatch.setattr(K, "USE_F32_GEMM", True)
+    Kd, N = 64, 70
+    rng = np.random.default_rng(11)
+    w_q = rng.integers(-128, 128, (N, Kd)).astype(np.int8)
+    w_q[:, :2] = [[-128, 127]]
+    w_s = rng.uniform(0.01, 2, N).astype(np.float32)
+    eye = np.eye(Kd, dtype=np.float32)
+    np.testing.assert_array_equal(K.int8_weight_matmul(eye, w_q, w_s), R.dequantize_int8(w_q, w_s).T)
+    q = rng.integers(-8, 8, (Kd, N)).astype(np.int8)
+    q[:16, 0] = np.arange(-8, 8)
+    packed, scales = R.pack_int4(q, 32), rng.uniform(0.01, 2, (Kd // 32, N)).astype(np.float32)
+    np.testing.assert_array_equal(K.int4_weight_matmul(eye, packed, scales, 32), R.dequantize_int4(packed, scales, 32))
 
 
 def test_int4_extremes_and_zero_inputs(weight_path):

@@ -21,7 +21,15 @@ times each against float32 BLAS):
   (s0..s3) as dot products of contiguous rows (weights are (N, K)), so every
   activation loaded is used 4 times; with VNNI the k loop is vpdpbusd
   (vnni.dot4_u8s8), else LLVM's sign-extend + vpmaddwd vectorisation;
-- weight-only int8 / int4, a batch (M >= DEQUANT_MIN_ROWS): the weight is
+- weight-only int8 / int4, a float32 batch (M >= DEQUANT_MIN_ROWS) on an
+  AVX-512 CPU (USE_F32_GEMM): a float32 GEMM of our own whose packing is the
+  dequantization. Per panel of 64 output columns the weight is dequantized
+  straight into the panel layout (int8: vnni.pack_int8_panel_f32, gathers
+  that transpose 4 k of 16 rows at once; int4: a loop along the columns),
+  then every 6 rows of x run through it in register tiles (vnni.gemm_tile_f32:
+  24 zmm accumulators, FMAs). The dequantized weight never goes to memory,
+  which BLAS's route pays twice (written, then read back by BLAS's packing);
+- weight-only, a batch otherwise (float64, or no AVX-512): the weight is
   dequantized (a vectorised pass) into a buffer reused across calls, then
   BLAS multiplies (kernels.matmul: split over the thread budget like the
   float linear's products): what the reference does, in two fast steps;
@@ -43,8 +51,9 @@ times each against float32 BLAS):
 - tasks are spread over threads with prange, and small calls run on one
   thread (threads.threads_for).
 Every path is checked against int_matmul_ref in tests/test_kernels_int_matmul.py
-(the tests switch USE_VNNI, USE_VECTORS and the row thresholds to reach each).
+(the tests switch USE_VNNI, USE_VECTORS, USE_F32_GEMM and the row thresholds to reach each).
 """
+import os
 import threading
 import types as types_module
 
@@ -73,6 +82,22 @@ USE_VECTORS = True  # int4 decoding row, float32: _int4_row_kernel (the tests sw
 # Weight-only int8 / int4 from this many rows: dequantize the weight (K N conversions,
 # about what the integer loops spend on 2-3 rows) into a reused buffer, then BLAS
 DEQUANT_MIN_ROWS = 16
+# ... and there, float32 on an AVX-512 CPU: the weight dequantized into the packed panels of a
+# float32 GEMM of our own instead (vnni.gemm_tile_f32); the tests switch it off to reach BLAS's path
+USE_F32_GEMM = vnni.HAS_AVX512F
+
+
+def _l2_bytes():
+    """This CPU's L2 cache per core in bytes (from the C library; 0 where it does not say)."""
+    try:
+        return max(0, os.sysconf("SC_LEVEL2_CACHE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+# A panel (k block x 64 float32 columns) streams from L2 for each tile of rows: at most half of
+# this CPU's L2 (1 MB where it is not known), so that x's rows and the output fit beside it
+PANEL_BYTES = max(1 << 18, _l2_bytes() // 2 or 1 << 20)
 
 
 @njit(cache=True, inline="always")
@@ -475,6 +500,119 @@ def _dequantize_int4_cols(packed, scales, group, out):
             hi[j] = hi[j] * srow[j]
 
 
+@njit(cache=True, inline="always")
+def _panel_tiles(x, x_tail, panel, k0, kc, out, cbuf, j0, nb, accumulate):
+    """out[:, j0:j0 + nb] (+)= x[:, k0:k0 + kc] @ panel[:kc, :nb], FMR rows at a time (vnni.gemm_tile_f32).
+
+    Rows of a full tile and a full panel go straight to out; the rest (the last M % FMR rows,
+    copied into x_tail (FMR, K) with zero rows after them, and every row when nb < the panel's
+    width) to cbuf (FMR * ceil(M / FMR), panel width), at the same rows, for _panel_store."""
+    M, K = x.shape
+    m_full = M - M % vnni.FMR
+    for i0 in range(0, m_full, vnni.FMR):
+        if nb == cbuf.shape[1]:
+            vnni.gemm_tile_f32(x, i0 * K + k0, K, panel, kc, out[i0:i0 + vnni.FMR, j0:j0 + nb], accumulate)
+        else:
+            vnni.gemm_tile_f32(x, i0 * K + k0, K, panel, kc, cbuf[i0:i0 + vnni.FMR], accumulate)
+    if m_full < M:
+        vnni.gemm_tile_f32(x_tail, k0, K, panel, kc, cbuf[m_full:m_full + vnni.FMR], accumulate)
+
+
+@njit(cache=True, inline="always")
+def _panel_store(out, cbuf, j0, nb):
+    """The parts of out[:, j0:j0 + nb] that _panel_tiles left in cbuf."""
+    M = out.shape[0]
+    m_first = 0 if nb < cbuf.shape[1] else M - M % vnni.FMR
+    for i in range(m_first, M):
+        out[i, j0:j0 + nb] = cbuf[i, :nb]
+
+
+@njit(parallel=True, cache=True)
+def _int8_gemm_f32(x, x_tail, w32, w_scale, kc, out, n_threads):
+    """out = x @ (w * w_scale[:, None])^T, float32, the weight dequantized into each panel as it is
+    packed (vnni.pack_int8_panel_f32) and the product in register tiles (vnni.gemm_tile_f32).
+
+    w32 (N, K4) int32: the int8 rows (N, 4 K4 >= K, zero-padded) 4 bytes at a time; kc: the k
+    block (a multiple of 4), so that a panel (kc x 64 floats) stays in L2. Each of n_threads
+    (numba.get_num_threads(), from the caller: inside, it would keep the kernel out of numba's
+    cache) takes every n_chunks-th panel of 64 columns, with its own panel buffer."""
+    M, K = x.shape
+    N, K4 = w32.shape
+    NB = vnni.FNR * 16
+    n_panels = (N + NB - 1) // NB
+    n_chunks = min(n_panels, n_threads)
+    for chunk in prange(n_chunks):
+        panel = np.empty((kc + 4) * NB, dtype=np.float32)  # room for the last block's k rounded up to 4
+        offsets = np.empty(NB, dtype=np.int64)
+        sc = np.empty(NB, dtype=np.float32)
+        cbuf = np.empty(((M + vnni.FMR - 1) // vnni.FMR * vnni.FMR, NB), dtype=np.float32)
+        for p in range(chunk, n_panels, n_chunks):
+            j0 = p * NB
+            nb = min(NB, N - j0)
+            for c in range(NB):  # columns past N: the last row again, times 0
+                offsets[c] = min(j0 + c, N - 1) * K4
+                sc[c] = w_scale[j0 + c] if c < nb else 0
+            for k0 in range(0, K, kc):
+                kk = min(kc, K - k0)
+                vnni.pack_int8_panel_f32(w32, offsets, k0 // 4, (kk + 3) // 4, sc, panel)
+                _panel_tiles(x, x_tail, panel, k0, kk, out, cbuf, j0, nb, k0 > 0)
+            _panel_store(out, cbuf, j0, nb)
+
+
+@njit(parallel=True, cache=True)
+def _int4_gemm_f32(x, x_tail, packed, scales, group, kc, out, n_threads):
+    """out = x @ dequantize_int4(packed, scales, group), float32, as _int8_gemm_f32: the nibbles
+    dequantized into each panel (value for value as int_matmul_ref does), then register tiles.
+    kc: the k block, a multiple of group."""
+    M, K = x.shape
+    N = packed.shape[1]
+    NB = vnni.FNR * 16
+    half = group // 2
+    n_panels = (N + NB - 1) // NB
+    n_chunks = min(n_panels, n_threads)
+    for chunk in prange(n_chunks):
+        panel = np.zeros(kc * NB, dtype=np.float32)  # columns past N stay 0
+        cbuf = np.empty(((M + vnni.FMR - 1) // vnni.FMR * vnni.FMR, NB), dtype=np.float32)
+        for p in range(chunk, n_panels, n_chunks):
+            j0 = p * NB
+            nb = min(NB, N - j0)
+            for k0 in range(0, K, kc):
+                kk = min(kc, K - k0)
+                for r in range(k0 // 2, (k0 + kk) // 2):  # byte rows: k = g group + t and + half
+                    g, t = r // half, r % half
+                    prow, srow = packed[r, j0:j0 + nb], scales[g, j0:j0 + nb]
+                    lo = panel[(g * group + t - k0) * NB:(g * group + t - k0) * NB + nb]
+                    hi = panel[(g * group + half + t - k0) * NB:(g * group + half + t - k0) * NB + nb]
+                    for c in range(nb):
+                        byte = int32(prow[c])
+                        lo[c] = np.float32((byte & 15) - 8) * srow[c]
+                        hi[c] = np.float32((byte >> 4) - 8) * srow[c]
+                _panel_tiles(x, x_tail, panel, k0, kk, out, cbuf, j0, nb, k0 > 0)
+            _panel_store(out, cbuf, j0, nb)
+
+
+def _x_tail(x):
+    """The last M % FMR rows of x, then zero rows, as one (FMR, K) tile for vnni.gemm_tile_f32."""
+    tail = np.zeros((vnni.FMR, x.shape[1]), dtype=x.dtype)
+    m_full = x.shape[0] - x.shape[0] % vnni.FMR
+    tail[:x.shape[0] - m_full] = x[m_full:]
+    return tail
+
+
+def _k_block(K, multiple):
+    """The k block of the float32 GEMM: all of K if its panel fits PANEL_BYTES, else the largest
+    multiple of `multiple` that does (at least one multiple)."""
+    fit = PANEL_BYTES // (4 * vnni.FNR * 16)
+    if K <= fit:
+        return K
+    return max(multiple, fit // multiple * multiple)
+
+
+def _use_f32_gemm(x):
+    """The fused dequantizing GEMM for a float32 batch on an AVX-512 CPU (else dequantize + BLAS)."""
+    return USE_F32_GEMM and x.dtype == np.float32
+
+
 def _as_rows(x, dtype=None):
     x = np.ascontiguousarray(x, dtype=dtype)
     if x.ndim != 2:
@@ -548,6 +686,12 @@ def int8_weight_matmul(x, w_q, w_scale):
     x, w_q = _as_rows(x), _as_rows(w_q, np.int8)
     _check_k(x, w_q, w_q.shape[1])
     w_scale = np.ascontiguousarray(w_scale, dtype=x.dtype)
+    if x.shape[0] >= DEQUANT_MIN_ROWS and _use_f32_gemm(x):
+        out = np.empty((x.shape[0], w_q.shape[0]), dtype=x.dtype)
+        with threads_for(out.size * x.shape[1]):
+            _int8_gemm_f32(x, _x_tail(x), _weight_words(w_q)[1], w_scale, _k_block(x.shape[1], 4), out,
+                           numba.get_num_threads())
+        return out
     if x.shape[0] >= DEQUANT_MIN_ROWS:
         w_hat = _scratch_buffer(w_q.shape, x.dtype)  # (N, K)
         with threads_for(4 * w_q.size):  # a few operations a weight
@@ -569,6 +713,12 @@ def int4_weight_matmul(x, packed, scales, group):
     if group % 2 or x.shape[1] % group or scales.shape != (x.shape[1] // group, packed.shape[1]):
         raise ValueError(f"scales {scales.shape} do not fit K={x.shape[1]} with group={group}")
     scales = np.ascontiguousarray(scales, dtype=x.dtype)
+    if x.shape[0] >= DEQUANT_MIN_ROWS and _use_f32_gemm(x):  # a batch: dequantized into the GEMM's panels
+        out = np.empty((x.shape[0], packed.shape[1]), dtype=x.dtype)
+        with threads_for(out.size * x.shape[1]):
+            _int4_gemm_f32(x, _x_tail(x), packed, scales, group, _k_block(x.shape[1], group), out,
+                           numba.get_num_threads())
+        return out
     if x.shape[0] >= DEQUANT_MIN_ROWS:  # a batch: dequantize, then BLAS (as int8_weight_matmul)
         w_hat = _scratch_buffer((x.shape[1], packed.shape[1]), x.dtype)  # (K, N)
         with threads_for(4 * w_hat.size):
