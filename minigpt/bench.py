@@ -667,16 +667,19 @@ def bench_generation(quick, torch):
     from .model import GPT
 
     # GPT-2 small itself, vocab included (random weights): the tied head (50257 x 768,
-    # kept in float32 by quantize_model) is a fixed cost every precision pays per token
+    # kept in float32 by quantize_model) is a fixed cost every precision pays per token,
+    # about half of an int4 token here; the "+ int8 head" rows store it as int8 too (opt-in)
     cfg = GPTConfig(vocab_size=GENERATE_VOCAB, block_size=256, n_layer=12, n_head=12, n_embd=768)
     n_new = 16 if quick else 64
     model = GPT(cfg, seed=0)
     models = {"float32": model, "int8 weights": quantize_model(model, "int8"),
-              "int4 weights": quantize_model(model, "int4")}
+              "int4 weights": quantize_model(model, "int4"),
+              "int8 weights + int8 head": quantize_model(model, "int8", head="int8"),
+              "int4 weights + int8 head": quantize_model(model, "int4", head="int8")}
     times = _interleaved_medians({name: lambda m=m: m.generate([0], n_new, temperature=0)
                                   for name, m in models.items()}, 1 if quick else 3)
-    about = (f"GPT-2-small shape (12L 768w, vocab {GENERATE_VOCAB}, float32 head), KV cache, batch 1, "
-             f"{n_new} tokens")
+    about = (f"GPT-2-small shape (12L 768w, vocab {GENERATE_VOCAB}, float32 head unless + int8 head), KV cache, "
+             f"batch 1, {n_new} tokens")
     return [_row("generate", about, "", f"{name} ({weight_bytes(m.params) / 2**20:.0f} MB)", times[name], "float32",
                  times["float32"] / times[name], rate=n_new / times[name], unit="tok/s")
             for name, m in models.items()]
