@@ -128,6 +128,27 @@ def test_block_pair_against_finite_differences():
         assert relative_error(g[name], numerical_gradient(loss, a)) < FD_TOL, name
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_block_leaves_its_inputs_and_caches_alone(backend, dropout):
+    # the residual sums are written over the branch's fresh array (layers.block._residual), never over x or dout
+    model = perturbed(GPT(CFG, seed=0, backend="numpy"))
+    p, ops = model.block_params(0), op_table(backend)
+    x = np.random.default_rng(2).standard_normal((2, 5, CFG.n_embd))
+    dout = np.random.default_rng(4).standard_normal(x.shape)
+    x0, dout0 = x.copy(), dout.copy()
+    run = lambda: block_forward(x, p, CFG.head_size, ops, dropout, np.random.default_rng(1), training=True)  # noqa: E731
+    out, cache = run()
+    keep = {k: v.copy() for k, v in cache.items() if isinstance(v, np.ndarray)}
+    dx, g = block_backward(dout, cache)
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(dout, dout0)
+    assert all(np.array_equal(cache[k], v) for k, v in keep.items())
+    out2, cache2 = run()
+    np.testing.assert_array_equal(out2, out)
+    np.testing.assert_array_equal(block_backward(dout, cache2)[0], dx)
+
+
 # --------------------------------------------------------- backward(dlogits)
 def test_backward_from_a_non_cross_entropy_loss():
     """L = sum(w * softmax(logits)^2) / 2, a loss that is not cross-entropy:
