@@ -1,6 +1,4 @@
 """Integer matmul kernels against the NumPy references that define them."""
-import contextlib
-
 import numpy as np
 import pytest
 
@@ -185,8 +183,9 @@ def test_float32_gemm_is_the_dequantized_product(M, Kd, N, group, k_block, paral
     monkeypatch.setattr(K, "USE_F32_GEMM", True)
     if k_block is not None:  # panels of k_block rows (int4: at least one group; int8: a multiple of 4)
         monkeypatch.setattr(K, "PANEL_BYTES", 4 * 64 * k_block)
-    if parallel:  # numba's full thread count even for these small products: panels split between threads
-        monkeypatch.setattr(K, "threads_for", lambda work: contextlib.nullcontext())
+    if parallel:  # two threads even for these small products, as many pieces as there are panels
+        monkeypatch.setattr(K, "pieces_for", lambda M, K, N: (2, 2))
+        monkeypatch.setattr(K, "MIN_FLOPS", 1)
     rng = np.random.default_rng(M * 1000 + Kd)
     x = rng.standard_normal((M, Kd)).astype(np.float32)
     w = rng.standard_normal((Kd, N)).astype(np.float32)

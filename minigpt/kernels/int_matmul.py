@@ -64,7 +64,7 @@ from numba.extending import overload
 
 from . import int_matmul_ref as ref
 from . import vnni
-from .matmul import matmul
+from .matmul import MIN_FLOPS, matmul, pieces_for, run_pieces
 from .threads import SMALL_WORK, threads_for
 
 # Float loops: let LLVM reorder the sums so the k loop vectorises.
@@ -527,40 +527,44 @@ def _panel_store(out, cbuf, j0, nb):
         out[i, j0:j0 + nb] = cbuf[i, :nb]
 
 
-@njit(parallel=True, cache=True)
-def _int8_gemm_f32(x, x_tail, w32, w_scale, kc, out, n_threads):
+@njit(cache=True, inline="always")
+def _gemm_buffers(M, K_rows):
+    """A panel of K_rows x 64 floats and the output rows' spill (_panel_tiles' cbuf), per panel:
+    no thread shares them, and allocating is cheap next to a panel's products (no zeroing)."""
+    NB = vnni.FNR * 16
+    return (np.empty(K_rows * NB, dtype=np.float32),
+            np.empty(((M + vnni.FMR - 1) // vnni.FMR * vnni.FMR, NB), dtype=np.float32))
+
+
+@njit(cache=True, nogil=True)
+def _int8_gemm_f32(x, x_tail, w32, w_scale, kc, out, p_start, p_end):
     """out = x @ (w * w_scale[:, None])^T, float32, the weight dequantized into each panel as it is
     packed (vnni.pack_int8_panel_f32) and the product in register tiles (vnni.gemm_tile_f32).
 
     w32 (N, K4) int32: the int8 rows (N, 4 K4 >= K, zero-padded) 4 bytes at a time; kc: the k
-    block (a multiple of 4), so that a panel (kc x 64 floats) stays in L2. Each of n_threads
-    (numba.get_num_threads(), from the caller: inside, it would keep the kernel out of numba's
-    cache) takes every n_chunks-th panel of 64 columns, with its own panel buffer."""
+    block (a multiple of 4), so that a panel (kc x 64 floats) stays in L2. Only the panels of 64
+    columns p_start <= p < p_end: a piece of _f32_gemm_pieces, run without the GIL."""
     M, K = x.shape
     N, K4 = w32.shape
     NB = vnni.FNR * 16
-    n_panels = (N + NB - 1) // NB
-    n_chunks = min(n_panels, n_threads)
-    for chunk in prange(n_chunks):
-        panel = np.empty((kc + 4) * NB, dtype=np.float32)  # room for the last block's k rounded up to 4
+    for p in range(p_start, p_end):
+        panel, cbuf = _gemm_buffers(M, kc + 4)  # room for the last block's k rounded up to 4
         offsets = np.empty(NB, dtype=np.int64)
         sc = np.empty(NB, dtype=np.float32)
-        cbuf = np.empty(((M + vnni.FMR - 1) // vnni.FMR * vnni.FMR, NB), dtype=np.float32)
-        for p in range(chunk, n_panels, n_chunks):
-            j0 = p * NB
-            nb = min(NB, N - j0)
-            for c in range(NB):  # columns past N: the last row again, times 0
-                offsets[c] = min(j0 + c, N - 1) * K4
-                sc[c] = w_scale[j0 + c] if c < nb else 0
-            for k0 in range(0, K, kc):
-                kk = min(kc, K - k0)
-                vnni.pack_int8_panel_f32(w32, offsets, k0 // 4, (kk + 3) // 4, sc, panel)
-                _panel_tiles(x, x_tail, panel, k0, kk, out, cbuf, j0, nb, k0 > 0)
-            _panel_store(out, cbuf, j0, nb)
+        j0 = p * NB
+        nb = min(NB, N - j0)
+        for c in range(NB):  # columns past N: the last row again, times 0
+            offsets[c] = min(j0 + c, N - 1) * K4
+            sc[c] = w_scale[j0 + c] if c < nb else 0
+        for k0 in range(0, K, kc):
+            kk = min(kc, K - k0)
+            vnni.pack_int8_panel_f32(w32, offsets, k0 // 4, (kk + 3) // 4, sc, panel)
+            _panel_tiles(x, x_tail, panel, k0, kk, out, cbuf, j0, nb, k0 > 0)
+        _panel_store(out, cbuf, j0, nb)
 
 
-@njit(parallel=True, cache=True)
-def _int4_gemm_f32(x, x_tail, packed, scales, group, kc, out, n_threads):
+@njit(cache=True, nogil=True)
+def _int4_gemm_f32(x, x_tail, packed, scales, group, kc, out, p_start, p_end):
     """out = x @ dequantize_int4(packed, scales, group), float32, as _int8_gemm_f32: the nibbles
     dequantized into each panel (value for value as int_matmul_ref does), then register tiles.
     kc: the k block, a multiple of group."""
@@ -568,27 +572,47 @@ def _int4_gemm_f32(x, x_tail, packed, scales, group, kc, out, n_threads):
     N = packed.shape[1]
     NB = vnni.FNR * 16
     half = group // 2
-    n_panels = (N + NB - 1) // NB
-    n_chunks = min(n_panels, n_threads)
-    for chunk in prange(n_chunks):
-        panel = np.zeros(kc * NB, dtype=np.float32)  # columns past N stay 0
-        cbuf = np.empty(((M + vnni.FMR - 1) // vnni.FMR * vnni.FMR, NB), dtype=np.float32)
-        for p in range(chunk, n_panels, n_chunks):
-            j0 = p * NB
-            nb = min(NB, N - j0)
-            for k0 in range(0, K, kc):
-                kk = min(kc, K - k0)
-                for r in range(k0 // 2, (k0 + kk) // 2):  # byte rows: k = g group + t and + half
-                    g, t = r // half, r % half
-                    prow, srow = packed[r, j0:j0 + nb], scales[g, j0:j0 + nb]
-                    lo = panel[(g * group + t - k0) * NB:(g * group + t - k0) * NB + nb]
-                    hi = panel[(g * group + half + t - k0) * NB:(g * group + half + t - k0) * NB + nb]
-                    for c in range(nb):
-                        byte = int32(prow[c])
-                        lo[c] = np.float32((byte & 15) - 8) * srow[c]
-                        hi[c] = np.float32((byte >> 4) - 8) * srow[c]
-                _panel_tiles(x, x_tail, panel, k0, kk, out, cbuf, j0, nb, k0 > 0)
-            _panel_store(out, cbuf, j0, nb)
+    eight = np.float32(8)
+    for p in range(p_start, p_end):
+        panel, cbuf = _gemm_buffers(M, kc)
+        j0 = p * NB
+        nb = min(NB, N - j0)
+        if nb < NB:  # columns past N: 0
+            panel[:] = 0
+        for k0 in range(0, K, kc):
+            kk = min(kc, K - k0)
+            for r in range(k0 // 2, (k0 + kk) // 2):  # byte rows: k = g group + t and + half
+                g, t = r // half, r % half
+                prow, srow = packed[r, j0:j0 + nb], scales[g, j0:j0 + nb]
+                lo = panel[(g * group + t - k0) * NB:(g * group + t - k0) * NB + nb]
+                hi = panel[(g * group + half + t - k0) * NB:(g * group + half + t - k0) * NB + nb]
+                for c in range(nb):  # the nibble - 8 is exact in float32: the reference's float(q) * scale
+                    lo[c] = (_lo(prow[c], eight) - eight) * srow[c]  # (8-bit wide until the float: 16 lanes)
+                    hi[c] = (_hi(prow[c], eight) - eight) * srow[c]
+            _panel_tiles(x, x_tail, panel, k0, kk, out, cbuf, j0, nb, k0 > 0)
+        _panel_store(out, cbuf, j0, nb)
+
+
+GEMM_PIECES_PER_THREAD = 4  # pieces of a product per thread of the budget (see _f32_gemm_pieces)
+
+
+def _f32_gemm_pieces(kernel, args, N, K):
+    """kernel(*args, p_start, p_end) over all panels of 64 columns, split into runs of panels over
+    the thread budget like BLAS's products (kernels.matmul: Python threads, each piece taken by
+    whichever thread is free, the caller working too). Not numba's prange: on a shared machine a
+    worker that waits for a core holds a prange loop up until it has run its share (measured here
+    with 2 threads and the other core busy: 3.5 ms instead of 0.6 ms at 64 x 768 x 768), while a
+    piece nobody has started is taken by the caller. A few pieces a thread (each at least
+    matmul.MIN_FLOPS) so that a thread that got its core late takes fewer."""
+    M = args[0].shape[0]
+    n_panels = -(-N // (vnni.FNR * 16))
+    n_threads, _ = pieces_for(M, K, N)
+    n = min(n_panels, GEMM_PIECES_PER_THREAD * n_threads, max(1, 2 * M * K * N // MIN_FLOPS))
+    if n_threads == 1 or n == 1:
+        kernel(*args, 0, n_panels)
+        return
+    run_pieces([(n_panels * i // n, n_panels * (i + 1) // n) for i in range(n)],
+               lambda job: kernel(*args, *job), n_threads)
 
 
 def _x_tail(x):
@@ -688,9 +712,8 @@ def int8_weight_matmul(x, w_q, w_scale):
     w_scale = np.ascontiguousarray(w_scale, dtype=x.dtype)
     if x.shape[0] >= DEQUANT_MIN_ROWS and _use_f32_gemm(x):
         out = np.empty((x.shape[0], w_q.shape[0]), dtype=x.dtype)
-        with threads_for(out.size * x.shape[1]):
-            _int8_gemm_f32(x, _x_tail(x), _weight_words(w_q)[1], w_scale, _k_block(x.shape[1], 4), out,
-                           numba.get_num_threads())
+        args = (x, _x_tail(x), _weight_words(w_q)[1], w_scale, _k_block(x.shape[1], 4), out)
+        _f32_gemm_pieces(_int8_gemm_f32, args, out.shape[1], x.shape[1])
         return out
     if x.shape[0] >= DEQUANT_MIN_ROWS:
         w_hat = _scratch_buffer(w_q.shape, x.dtype)  # (N, K)
@@ -715,9 +738,8 @@ def int4_weight_matmul(x, packed, scales, group):
     scales = np.ascontiguousarray(scales, dtype=x.dtype)
     if x.shape[0] >= DEQUANT_MIN_ROWS and _use_f32_gemm(x):  # a batch: dequantized into the GEMM's panels
         out = np.empty((x.shape[0], packed.shape[1]), dtype=x.dtype)
-        with threads_for(out.size * x.shape[1]):
-            _int4_gemm_f32(x, _x_tail(x), packed, scales, group, _k_block(x.shape[1], group), out,
-                           numba.get_num_threads())
+        _f32_gemm_pieces(_int4_gemm_f32, (x, _x_tail(x), packed, scales, group, _k_block(x.shape[1], group), out),
+                         out.shape[1], x.shape[1])
         return out
     if x.shape[0] >= DEQUANT_MIN_ROWS:  # a batch: dequantize, then BLAS (as int8_weight_matmul)
         w_hat = _scratch_buffer((x.shape[1], packed.shape[1]), x.dtype)  # (K, N)

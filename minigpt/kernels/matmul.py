@@ -137,13 +137,19 @@ def matmul(a, b):
         else:
             np.matmul(x, y, out=where)
 
+    run_pieces(jobs, run, n_threads)
+    return out
+
+
+def run_pieces(jobs, run, n_threads):
+    """run(job) for every job, on this thread and n_threads - 1 pool workers, each taking the
+    next job when it is free (_Pieces); returns when all are done (re-raising a job's error)."""
     pieces = _Pieces(jobs, run)
     pool = _pool(n_threads)
     for _ in range(n_threads - 1):
         pool.submit(pieces.work)
     pieces.work()  # this thread works too instead of waiting idle
     pieces.wait()
-    return out
 
 
 def linear_forward(x, w, b):
