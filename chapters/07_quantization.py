@@ -879,7 +879,12 @@ save_figure(fig, "07_quantization_speed")
 #
 # So "int8 is faster" holds for decoding (memory-bound), or when both operands
 # are integers (compute-bound); weight-only quantization buys bytes, and speed
-# only where bytes were the bottleneck.
+# only where bytes were the bottleneck. Generating text is decoding, one row a
+# token, so the largest matrix read every token sets the pace: at GPT-2's
+# vocabulary that is the tied output head (50257 x 768), which stays float32
+# by default. `minigpt quantize --head int8` stores it as int8 too, one scale
+# per vocabulary row; the README gives what that does to GPT-2-small-shape
+# generation on this machine.
 
 # %% [markdown]
 # ## 12. Deep Compression: prune, share, code

@@ -201,3 +201,14 @@ def test_cli_quantize_head_then_sample_eval_and_refusals(ckpt, tmp_path, capsys)
     _one_line_error(capsys, ["prune", str(q), "--method", "magnitude", "--sparsity", "0.5", "--out", out_q],
                     "pruning needs float weights")
     assert not (tmp_path / "r.npz").exists()
+
+
+@pytest.mark.parametrize("flags, fmt", [(["--format", "q4_0"], "q4_0"), (["--activations"], "w8a8"),
+                                        (["--bits", "4", "--method", "gptq", "--calib-batches", "1"], "int4")])
+def test_cli_head_goes_with_every_linear_format(ckpt, tmp_path, capsys, flags, fmt):
+    q = tmp_path / "q.npz"
+    assert main(["quantize", str(ckpt), *flags, "--head", "int8", "--out", str(q), "--max-batches", "1",
+                 "--tokens", "2"]) == 0
+    params = load_checkpoint(q).model.params
+    assert set(quantized_layers(params).values()) == {fmt} and head_format(params) == "int8"
+    assert stored_as(params) == f"{fmt}+int8 head"
