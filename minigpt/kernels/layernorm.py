@@ -64,7 +64,7 @@ def _forward_kernel(x, gamma, beta, k, out, mu, rstd):
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _backward_kernel(dout, x, mu, rstd, gamma, k, dx, dgamma_parts, dbeta_parts):
+def _backward_kernel(dout, x, mu, rstd, gamma, k, dx, dgamma_parts, dbeta_parts, dgamma, dbeta):
     inv_c, zero = k[1], k[3]
     N, C = dout.shape
     n_chunks = dgamma_parts.shape[0]
@@ -91,6 +91,12 @@ def _backward_kernel(dout, x, mu, rstd, gamma, k, dx, dgamma_parts, dbeta_parts)
             for c in range(C):  # xhat = (x - mu) * rstd, through mu and var too
                 xh = (xr[c] - m) * rs
                 dxr[c] = rs * (g[c] * gamma[c] - mean_dxhat - xh * mean_dxhat_xhat)
+    # the chunks' partial sums, added here rather than by NumPy afterwards (~10 us a call saved)
+    dgamma[:] = dgamma_parts[0]
+    dbeta[:] = dbeta_parts[0]
+    for chunk in range(1, n_chunks):
+        dgamma += dgamma_parts[chunk]
+        dbeta += dbeta_parts[chunk]
 
 
 # Calls below SMALL_WORK (the small training shapes, a decoding step's row)
@@ -129,14 +135,14 @@ def layernorm_backward(dout, cache):
     C = x2.shape[1]
     d2 = _rows(dout, x2.dtype)  # (N, C)
     dx = np.empty_like(x2)
-    parts_g = np.empty((CHUNKS, C), dtype=x2.dtype)
-    parts_b = np.empty((CHUNKS, C), dtype=x2.dtype)
-    args = (d2, x2, mu, rstd, gamma, _constants(x2.dtype, C), dx, parts_g, parts_b)
+    parts = np.empty((2, CHUNKS, C), dtype=x2.dtype)  # dgamma's and dbeta's per chunk
+    sums = np.empty((2, C), dtype=x2.dtype)  # dgamma, dbeta
+    args = (d2, x2, mu, rstd, gamma, _constants(x2.dtype, C), dx, parts[0], parts[1], sums[0], sums[1])
     if BACKWARD_WORK * x2.size < SMALL_WORK:
         _backward_kernel_serial(*args)
     else:
         _backward_kernel(*args)
-    return dx.reshape(np.shape(dout)), parts_g.sum(axis=0), parts_b.sum(axis=0)
+    return dx.reshape(np.shape(dout)), sums[0], sums[1]
 
 
 def warm_parallel(x, gamma, beta):
@@ -146,5 +152,6 @@ def warm_parallel(x, gamma, beta):
     out, mu, rstd = np.empty_like(x2), np.empty(N, dtype=x2.dtype), np.empty(N, dtype=x2.dtype)
     g, b = _rows(gamma, x2.dtype)[0], _rows(beta, x2.dtype)[0]
     _forward_kernel(x2, g, b, _constants(x2.dtype, C), out, mu, rstd)
-    parts = np.empty((CHUNKS, C), dtype=x2.dtype)
-    _backward_kernel(out, x2, mu, rstd, g, _constants(x2.dtype, C), np.empty_like(x2), parts, parts.copy())
+    parts, sums = np.empty((2, CHUNKS, C), dtype=x2.dtype), np.empty((2, C), dtype=x2.dtype)
+    _backward_kernel(out, x2, mu, rstd, g, _constants(x2.dtype, C), np.empty_like(x2), parts[0], parts[1], sums[0],
+                     sums[1])
