@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 
 from minigpt.gradcheck import check_op
-from minigpt.kernels.attention import BLOCK, attention_backward, attention_forward
+from numba import njit
+
+from minigpt.kernels.attention import BLOCK, _forward_kernel, _row_max, attention_backward, attention_forward
 from minigpt.kernels.fastexp import fexp_array
 from minigpt.layers.attention import causal_attention_backward, causal_attention_forward
 from minigpt.ops import op_table
@@ -22,6 +24,11 @@ SHAPES = [
     (2, 1, 1, 17, 8),
     (1, 2, 5, 2 * BLOCK + 3, 3),
     (3, 2, 6, 6, 1),
+    # key counts past a multiple of LANES / EXP_CHUNK (the padded loops), a
+    # full group of head dims, and KV-cache offsets with T_k not a multiple of 16
+    (2, 2, 65, 65, 32),
+    (1, 2, 3, 130, 6),
+    (1, 3, 1, 77, 32),
 ]
 
 
@@ -66,6 +73,34 @@ def test_large_scores_move_the_running_max(dtype):
     v = rng.standard_normal((B, H, T, D))
     dout = rng.standard_normal((B, H, T, D))
     _compare(*(a.astype(dtype) for a in (q, k, v, dout)), TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_max_over_integer_keys(dtype):
+    # the row max reads floats as order-preserving integers: negatives, -0.0,
+    # huge magnitudes, and counts on both sides of the padded vector loop
+    row_max = njit(lambda a, n: _row_max(a, n))
+    rng = np.random.default_rng(5)
+    for n in (1, 2, 15, 63, 64, 65, 130, 256):
+        a = (rng.standard_normal(256) * 10.0 ** rng.integers(-3, 30, 256)).astype(dtype)
+        assert row_max(a, n) == a[:n].max()
+        assert row_max(-np.abs(a), n) == (-np.abs(a))[:n].max()
+    a = np.full(64, 7.0, dtype)
+    a[:3] = -0.0, -1.0, -3.0
+    assert row_max(a, 3) == 0.0  # keys past n (here larger) are not seen
+
+
+def test_forward_does_not_depend_on_the_thread_split():
+    # every thread takes every n-th (batch, head) task with its own scratch:
+    # the result must be the same bits whatever the number of chunks
+    q, k, v, _ = _inputs((3, 2, 37, 37, 8), np.float32)
+    outs = []
+    for n_threads in (1, 2, 5, 64):
+        out, lse = np.empty_like(q), np.empty(q.shape[:3], q.dtype)
+        _forward_kernel(q, k, v, np.float32(8 ** -0.5), out, lse, n_threads)
+        outs.append((out, lse))
+    for out, lse in outs[1:]:
+        assert np.array_equal(out, outs[0][0]) and np.array_equal(lse, outs[0][1])
 
 
 def test_all_zero_inputs():

@@ -35,6 +35,9 @@ Backward, recomputing instead of storing P:
 
 Layout: k and v are copied transposed, (D, T_k), per task, so the inner loops
 (over keys) walk contiguous memory and vectorise; exp is fexp (see fastexp.py).
+Key counts are padded to whole vectors (LANES, EXP_CHUNK: LLVM runs a loop's
+remainder as scalar code, which at short T was most of the work), and each
+thread keeps one set of scratch arrays for all its (batch, head) tasks.
 The cache holds q, k, v, out and L: O(T D), not O(T^2).
 
 To gate heads (pruning), multiply out (and dout) by a per-head factor outside
@@ -42,10 +45,13 @@ the kernel, or skip a (b, h) task inside it: the tasks are independent.
 """
 import math
 
+import numba
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic, overload
 
-from .fastexp import fexp
+from .fastexp import _i32_as_f32, _i64_as_f64, fexp
 from .threads import threads_for
 
 # Keys per online-softmax step; any value is correct. The (4, BLOCK) score
@@ -53,6 +59,11 @@ from .threads import threads_for
 # forward at T=1024 (fewer horizontal sums and rescales; one thread, Xeon
 # family 6 model 207); 1024 no better than 512.
 BLOCK = 512
+# Key counts are rounded up to a multiple of LANES (16 float32 = one AVX-512
+# vector, two AVX2 ones) so that loops over keys run in whole vectors, never in
+# a scalar remainder; BLOCK must be a multiple of it.
+LANES = 16
+EXP_CHUNK = 64  # see _softmax_block_row; BLOCK must be a multiple of it
 ROWS = 4  # query rows handled together (the loops spell out 4)
 
 # Reassociation lets LLVM vectorise the reductions; no 'nnan'/'ninf' because
@@ -60,23 +71,84 @@ ROWS = 4  # query rows handled together (the loops spell out 4)
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 
 
+@njit(cache=True, inline="always")
+def _round_up(n, m):
+    return (n + m - 1) // m * m
+
+
+@intrinsic
+def _f32_bits(typingctx, x):
+    """The bits of a float32 as an int32."""
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+    return types.int32(types.float32), codegen
+
+
+@intrinsic
+def _f64_bits(typingctx, x):
+    """The bits of a float64 as an int64."""
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+    return types.int64(types.float64), codegen
+
+
+def _order_key(x):
+    """An integer with the order of the float x (numba only)."""
+
+
+@overload(_order_key)
+def _order_key_overload(x):
+    # A float's bits read as a signed integer are in order for x >= 0 and in
+    # reverse for x < 0; flipping every bit but the sign of a negative one
+    # puts them in order too. The map is its own inverse.
+    if x == types.float32:
+        def key32(x):
+            i = _f32_bits(x)
+            return i ^ ((i >> np.int32(31)) & np.int32(0x7FFFFFFF))
+        return key32
+    if x == types.float64:
+        def key64(x):
+            i = _f64_bits(x)
+            return i ^ ((i >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF))
+        return key64
+    return None
+
+
+def _from_key(key, like):
+    """The float (of like's type) whose _order_key is key (numba only)."""
+
+
+@overload(_from_key)
+def _from_key_overload(key, like):
+    if like == types.float32:
+        def back32(key, like):
+            return _i32_as_f32(key ^ ((key >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+        return back32
+    if like == types.float64:
+        def back64(key, like):
+            return _i64_as_f64(key ^ ((key >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF)))
+        return back64
+    return None
+
+
 @njit(cache=True, inline="always", fastmath=FASTMATH)
 def _row_max(a, n):
-    """max(a[:n]), n >= 1, with eight running maxima: one chain of max() over
-    the row waits on each previous result and LLVM does not vectorise a float
-    max reduction without 'nnan', so the single chain took ~4x as long
-    (0.78 against 0.19 ns an element, Xeon family 6 model 207); in the
-    forward at T=256 it was a quarter of the kernel's time."""
-    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = a[0]
-    j = 0
-    while j + 8 <= n:
-        m0, m1, m2, m3 = max(m0, a[j]), max(m1, a[j + 1]), max(m2, a[j + 2]), max(m3, a[j + 3])
-        m4, m5, m6, m7 = max(m4, a[j + 4]), max(m5, a[j + 5]), max(m6, a[j + 6]), max(m7, a[j + 7])
-        j += 8
-    while j < n:
-        m0 = max(m0, a[j])
-        j += 1
-    return max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+    """max(a[:n]), n >= 1, a finite, over the floats' integer order keys.
+
+    LLVM does not vectorise a float max reduction without 'nnan' (a single
+    chain of max() took 0.78 ns an element, eight running maxima 0.19, Xeon
+    family 6 model 207), but it does an integer one; and like the exp loop
+    it runs whole vectors only (four at a time), so the loop goes to n
+    rounded up to EXP_CHUNK with the keys past n masked; a must have that
+    many finite entries (or n itself)."""
+    first = _order_key(a[0])  # a[0] is among the n: a neutral stand-in for the masked keys
+    best = first
+    n_pad = min(_round_up(n, EXP_CHUNK), a.shape[0])
+    for j in range(n_pad):
+        key = _order_key(a[j])
+        key = key if j < n else first
+        best = max(best, key)
+    return _from_key(best, a[0])
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
@@ -160,89 +232,124 @@ def _weighted_sum4(s, vT, j0, nb, acc):
         acc[3, d + 3] += a33
 
 
+@njit(cache=True, inline="always", fastmath=FASTMATH)
+def _transpose_into(x, xT):
+    """xT[:, :T] = x.T for x (T, D); xT's padding columns are left as they are."""
+    T, D = x.shape
+    for d in range(D):
+        xT[d, :T] = x[:, d]
+
+
+@njit(cache=True, inline="always", fastmath=FASTMATH)
+def _softmax_block_row(sr, nr, nbp, mr):
+    """sr[:nr] = exp(sr[:nr] - mr), sr[nr:nbp] = 0; returns the sum of the exps.
+
+    LLVM vectorises this loop four vectors at a time (64 float32 with
+    AVX-512) and runs any shorter count as scalar code: at T = 128 that was
+    nearly every row (1.2 ns an element against 0.3 in vector code). So the
+    loop runs to nr rounded up to EXP_CHUNK and masks the keys past nr; sr
+    must have finite values there (it is zero-initialised, then holds
+    earlier scores and exps)."""
+    zero = mr - mr
+    total = zero
+    nrp = min(_round_up(nr, EXP_CHUNK), sr.shape[0])
+    for j in range(nrp):
+        e = fexp(sr[j] - mr)
+        e = e if j < nr else zero  # masked: key past the row's position
+        sr[j] = e
+        total += e
+    sr[nrp:nbp] = 0.0
+    return total
+
+
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _forward_kernel(q, k, v, scale, out, lse):
+def _forward_kernel(q, k, v, scale, out, lse, n_threads):
     B, H, T_q, D = q.shape
     T_k = k.shape[2]
+    T_pad = _round_up(T_k, LANES)
     offset = T_k - T_q
     zero = scale - scale  # 0 in the input's dtype
-    for task in prange(B * H):
-        b, h = task // H, task % H
-        kT = np.ascontiguousarray(k[b, h].T)  # (D, T_k)
-        vT = np.ascontiguousarray(v[b, h].T)  # (D, T_k)
-        s = np.empty((ROWS, BLOCK), dtype=q.dtype)  # scores, then exp(s - m), of one key block
+    n_tasks = B * H
+    n_chunks = min(n_threads, n_tasks)
+    # One chunk of (batch, head) tasks per thread, every n_chunks-th task: the
+    # scratch arrays are made once per thread instead of once per task (the
+    # tasks all cost the same, so the split is even).
+    for chunk in prange(n_chunks):
+        # k and v transposed, (D, T_pad), so the loops over keys walk contiguous
+        # memory; the padding columns stay 0, so scores there are finite (0)
+        # and every loop over keys can run in whole vectors of LANES.
+        kT = np.zeros((D, T_pad), dtype=q.dtype)
+        vT = np.zeros((D, T_pad), dtype=q.dtype)
+        s = np.zeros((ROWS, BLOCK), dtype=q.dtype)  # scores, then exp(s - m), of one key block
         acc = np.empty((ROWS, D), dtype=q.dtype)  # running sums of exp(s - m) v
         qs = np.empty((ROWS, D), dtype=q.dtype)  # the rows' q * scale
         m = np.empty(ROWS, dtype=q.dtype)  # running max of each row's scores
         l = np.empty(ROWS, dtype=q.dtype)  # running sum of exp(s - m)
         n_vis = np.empty(ROWS, dtype=np.int64)
-        # ROWS query rows at a time share every k and v element loaded.
-        # Rows past T_q get no keys (n_vis = 0) and are not written.
-        for i0 in range(0, T_q, ROWS):
-            for r in range(ROWS):
-                i = min(i0 + r, T_q - 1)
-                n_vis[r] = i + offset + 1 if i0 + r < T_q else 0
-                for d in range(D):
-                    qs[r, d] = q[b, h, i, d] * scale
-            n = n_vis.max()
-            acc[:] = 0.0
-            l[:] = 0.0
-            for j0 in range(0, n, BLOCK):
-                nb = min(BLOCK, n - j0)
-                _scores4(qs, kT, j0, nb, s)
-                for d in range(D - D % 4, D):
-                    q0, q1, q2, q3 = qs[0, d], qs[1, d], qs[2, d], qs[3, d]
-                    # 0-based view: an index like j0 + j made numba emit a
-                    # negative-index check per element and blocked SIMD (5x slower)
-                    krow = kT[d, j0:j0 + nb]
-                    for j in range(nb):
-                        kj = krow[j]
-                        s[0, j] += q0 * kj  # scores q_i . k_j * scale
-                        s[1, j] += q1 * kj
-                        s[2, j] += q2 * kj
-                        s[3, j] += q3 * kj
+        for task in range(chunk, n_tasks, n_chunks):
+            b, h = task // H, task % H
+            _transpose_into(k[b, h], kT)  # (D, T_k) of (D, T_pad)
+            _transpose_into(v[b, h], vT)
+            # ROWS query rows at a time share every k and v element loaded.
+            # Rows past T_q get no keys (n_vis = 0) and are not written.
+            for i0 in range(0, T_q, ROWS):
                 for r in range(ROWS):
-                    nr = min(max(n_vis[r] - j0, 0), nb)  # keys of this block row r may see
-                    if nr == 0:
-                        s[r, :nb] = 0.0
-                        continue
-                    block_max = _row_max(s[r], nr)
-                    if j0 == 0:
-                        m[r] = block_max
-                    elif block_max > m[r]:
-                        alpha = fexp(m[r] - block_max)  # rescale the old sums to the new max
-                        l[r] *= alpha
-                        for d in range(D):
-                            acc[r, d] *= alpha
-                        m[r] = block_max
-                    mr = m[r]
-                    lr = zero
-                    for j in range(nr):
-                        e = fexp(s[r, j] - mr)
-                        s[r, j] = e
-                        lr += e
-                    l[r] += lr
-                    for j in range(nr, nb):
-                        s[r, j] = 0.0  # masked: j > i + offset
-                _weighted_sum4(s, vT, j0, nb, acc)
-                for d in range(D - D % 4, D):
-                    vrow = vT[d, j0:j0 + nb]
-                    a0, a1, a2, a3 = zero, zero, zero, zero
-                    for j in range(nb):
-                        vj = vrow[j]
-                        a0 += s[0, j] * vj
-                        a1 += s[1, j] * vj
-                        a2 += s[2, j] * vj
-                        a3 += s[3, j] * vj
-                    acc[0, d] += a0
-                    acc[1, d] += a1
-                    acc[2, d] += a2
-                    acc[3, d] += a3
-            for r in range(min(ROWS, T_q - i0)):
-                inv = 1.0 / l[r]
-                for d in range(D):
-                    out[b, h, i0 + r, d] = acc[r, d] * inv
-                lse[b, h, i0 + r] = m[r] + math.log(l[r])
+                    i = min(i0 + r, T_q - 1)
+                    n_vis[r] = i + offset + 1 if i0 + r < T_q else 0
+                    for d in range(D):
+                        qs[r, d] = q[b, h, i, d] * scale
+                n = n_vis.max()
+                acc[:] = 0.0
+                l[:] = 0.0
+                for j0 in range(0, n, BLOCK):
+                    nb = min(BLOCK, n - j0)
+                    nbp = _round_up(nb, LANES)  # <= BLOCK and <= T_pad - j0: both are multiples of LANES
+                    _scores4(qs, kT, j0, nbp, s)
+                    for d in range(D - D % 4, D):
+                        q0, q1, q2, q3 = qs[0, d], qs[1, d], qs[2, d], qs[3, d]
+                        # 0-based view: an index like j0 + j made numba emit a
+                        # negative-index check per element and blocked SIMD (5x slower)
+                        krow = kT[d, j0:j0 + nbp]
+                        for j in range(nbp):
+                            kj = krow[j]
+                            s[0, j] += q0 * kj  # scores q_i . k_j * scale
+                            s[1, j] += q1 * kj
+                            s[2, j] += q2 * kj
+                            s[3, j] += q3 * kj
+                    for r in range(ROWS):
+                        nr = min(max(n_vis[r] - j0, 0), nb)  # keys of this block row r may see
+                        if nr == 0:
+                            s[r, :nbp] = 0.0
+                            continue
+                        block_max = _row_max(s[r], nr)
+                        if j0 == 0:
+                            m[r] = block_max
+                        elif block_max > m[r]:
+                            alpha = fexp(m[r] - block_max)  # rescale the old sums to the new max
+                            l[r] *= alpha
+                            for d in range(D):
+                                acc[r, d] *= alpha
+                            m[r] = block_max
+                        l[r] += _softmax_block_row(s[r], nr, nbp, m[r])
+                    _weighted_sum4(s, vT, j0, nbp, acc)
+                    for d in range(D - D % 4, D):
+                        vrow = vT[d, j0:j0 + nbp]
+                        a0, a1, a2, a3 = zero, zero, zero, zero
+                        for j in range(nbp):
+                            vj = vrow[j]
+                            a0 += s[0, j] * vj
+                            a1 += s[1, j] * vj
+                            a2 += s[2, j] * vj
+                            a3 += s[3, j] * vj
+                        acc[0, d] += a0
+                        acc[1, d] += a1
+                        acc[2, d] += a2
+                        acc[3, d] += a3
+                for r in range(min(ROWS, T_q - i0)):
+                    inv = 1.0 / l[r]
+                    for d in range(D):
+                        out[b, h, i0 + r, d] = acc[r, d] * inv
+                    lse[b, h, i0 + r] = m[r] + math.log(l[r])
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -347,7 +454,7 @@ def attention_forward(q, k, v):
     scale = q.dtype.type(1.0 / math.sqrt(D))
     if T_q > 0:
         with threads_for(B * H * T_q * k.shape[2] * D):  # one decoding step is small work
-            _forward_kernel(q, k, v, scale, out, lse)
+            _forward_kernel(q, k, v, scale, out, lse, numba.get_num_threads())
     return out, (q, k, v, out, lse, scale)
 
 
