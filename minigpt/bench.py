@@ -242,9 +242,21 @@ def bench_attention(quick, torch):
 
 
 # ----------------------------------------------------------- integer matmul
+def _without_f32_gemm(fn, *args):
+    """fn(*args) with the weight-only float32 GEMM switched off: dequantize + BLAS, as on CPUs without AVX-512."""
+    from .kernels import int_matmul as K
+
+    K.USE_F32_GEMM = False
+    try:
+        return fn(*args)
+    finally:
+        K.USE_F32_GEMM = True
+
+
 def bench_int_matmul(quick, torch):
     from .kernels import int_matmul as K
     from .kernels import int_matmul_ref as R
+    from .kernels.matmul import matmul
 
     shapes = [("base c_attn", 2048, 128, 384), ("base mlp.c_proj", 2048, 512, 128),
               ("gpt2 768x768", 512, 768, 768), ("gpt2 768x3072", 512, 768, 3072),
@@ -262,10 +274,16 @@ def bench_int_matmul(quick, torch):
         p4, s4 = R.quantize_int4_groupwise(w, 32)
         impls = {
             "numpy float32 @": lambda: x @ w,
+            "float32 linear's product (split over threads)": lambda: matmul(x, w),  # BLAS on 1 thread in each
             "numba int8 x int8": lambda: K.quantized_linear_int8(x, w_q, w_s),  # x quantized per token inside
             "numba int8 weights": lambda: K.int8_weight_matmul(x, w_q, w_s),
             "numba int4 weights": lambda: K.int4_weight_matmul(x, p4, s4, 32),
         }
+        if K.USE_F32_GEMM and M >= K.DEQUANT_MIN_ROWS:  # a batch: also the other CPUs' path (the one before)
+            impls["numba int8 weights, dequantize + BLAS"] = lambda: _without_f32_gemm(K.int8_weight_matmul,
+                                                                                        x, w_q, w_s)
+            impls["numba int4 weights, dequantize + BLAS"] = lambda: _without_f32_gemm(K.int4_weight_matmul,
+                                                                                        x, p4, s4, 32)
         if torch is not None:
             lin = torch.nn.Linear(Kd, N, bias=False)
             with torch.no_grad():
