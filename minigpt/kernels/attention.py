@@ -352,87 +352,106 @@ def _forward_kernel(q, k, v, scale, out, lse, n_threads):
                     lse[b, h, i0 + r] = m[r] + math.log(l[r])
 
 
+@njit(cache=True, inline="always", fastmath=FASTMATH)
+def _probs_and_grads_row(pr, dsr, nv, n_pad, L, delta, scale):
+    """pr[:nv] = exp(pr[:nv] - L) (P from S), dsr[:nv] = P (dsr - delta) scale
+    (dS from dP); both 0 from nv to n_pad. Padded to EXP_CHUNK like
+    _softmax_block_row (pr and dsr must hold finite values up to there)."""
+    zero = L - L
+    nvp = min(_round_up(nv, EXP_CHUNK), pr.shape[0])
+    for j in range(nvp):
+        e = fexp(pr[j] - L)  # P_ij = exp(S_ij - L_i)   (the forward's softmax)
+        e = e if j < nv else zero  # masked (j > i + offset) or a padding row
+        pr[j] = e
+        dsr[j] = e * (dsr[j] - delta) * scale  # dS, S's scale folded in
+    pr[nvp:n_pad] = 0.0
+    dsr[nvp:n_pad] = 0.0
+
+
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _backward_kernel(q, k, v, out, lse, dout, scale, dq, dk, dv):
+def _backward_kernel(q, k, v, out, lse, dout, scale, dq, dk, dv, n_threads):
     B, H, T_q, D = q.shape
     T_k = k.shape[2]
+    T_pad = _round_up(T_k, LANES)
     offset = T_k - T_q
     zero = scale - scale  # 0 in the input's dtype
-    for task in prange(B * H):
-        b, h = task // H, task % H
-        kT = np.ascontiguousarray(k[b, h].T)  # (D, T_k)
-        vT = np.ascontiguousarray(v[b, h].T)  # (D, T_k)
-        dkT = np.zeros((D, T_k), dtype=q.dtype)  # accumulated over query rows
-        dvT = np.zeros((D, T_k), dtype=q.dtype)
-        p = np.empty((ROWS, T_k), dtype=q.dtype)  # ROWS rows of P, recomputed
-        ds = np.empty((ROWS, T_k), dtype=q.dtype)  # the same rows of dS (times scale)
+    n_tasks = B * H
+    n_chunks = min(n_threads, n_tasks)
+    for chunk in prange(n_chunks):  # every n_chunks-th task, scratch once per thread (see the forward)
+        kT = np.zeros((D, T_pad), dtype=q.dtype)  # padding columns stay 0
+        vT = np.zeros((D, T_pad), dtype=q.dtype)
+        dkT = np.empty((D, T_pad), dtype=q.dtype)  # accumulated over query rows
+        dvT = np.empty((D, T_pad), dtype=q.dtype)
+        p = np.zeros((ROWS, T_pad), dtype=q.dtype)  # ROWS rows of P, recomputed
+        ds = np.zeros((ROWS, T_pad), dtype=q.dtype)  # the same rows of dS (times scale)
         qs = np.empty((ROWS, D), dtype=q.dtype)  # those rows of q * scale, of q, of dout
         qr = np.empty((ROWS, D), dtype=q.dtype)
         g = np.empty((ROWS, D), dtype=q.dtype)
         n_vis = np.empty(ROWS, dtype=np.int64)
         delta = np.empty(ROWS, dtype=q.dtype)
-        # ROWS query rows at a time: every k, v, dk, dv element loaded is used
-        # ROWS times. Rows past T_q are computed with P = 0 and not written.
-        for i0 in range(0, T_q, ROWS):
-            for r in range(ROWS):
-                i = min(i0 + r, T_q - 1)
-                n_vis[r] = i + offset + 1 if i0 + r < T_q else 0
-                delta[r] = zero  # dout_i . out_i = sum_j P_ij dP_ij
+        for task in range(chunk, n_tasks, n_chunks):
+            b, h = task // H, task % H
+            _transpose_into(k[b, h], kT)  # (D, T_k) of (D, T_pad)
+            _transpose_into(v[b, h], vT)
+            dkT[:] = 0.0
+            dvT[:] = 0.0
+            # ROWS query rows at a time: every k, v, dk, dv element loaded is used
+            # ROWS times. Rows past T_q are computed with P = 0 and not written.
+            for i0 in range(0, T_q, ROWS):
+                for r in range(ROWS):
+                    i = min(i0 + r, T_q - 1)
+                    n_vis[r] = i + offset + 1 if i0 + r < T_q else 0
+                    delta[r] = zero  # dout_i . out_i = sum_j P_ij dP_ij
+                    for d in range(D):
+                        qs[r, d] = q[b, h, i, d] * scale
+                        qr[r, d] = q[b, h, i, d]
+                        g[r, d] = dout[b, h, i, d]
+                        delta[r] += dout[b, h, i, d] * out[b, h, i, d]
+                n = _round_up(n_vis.max(), LANES)  # whole vectors; the padding gets P = dS = 0
+                _scores4(qs, kT, 0, n, p)  # S = Q K^T * scale, head dims in fours
+                _scores4(g, vT, 0, n, ds)  # dP = dout V^T
+                for d in range(D - D % 4, D):
+                    q0, q1, q2, q3 = qs[0, d], qs[1, d], qs[2, d], qs[3, d]
+                    g0, g1, g2, g3 = g[0, d], g[1, d], g[2, d], g[3, d]
+                    for j in range(n):
+                        kj = kT[d, j]
+                        vj = vT[d, j]
+                        p[0, j] += q0 * kj  # S_ij = q_i . k_j * scale     (forward: S = Q K^T)
+                        p[1, j] += q1 * kj
+                        p[2, j] += q2 * kj
+                        p[3, j] += q3 * kj
+                        ds[0, j] += g0 * vj  # dP_ij = dout_i . v_j        (from out = P V)
+                        ds[1, j] += g1 * vj
+                        ds[2, j] += g2 * vj
+                        ds[3, j] += g3 * vj
+                for r in range(ROWS):
+                    L = lse[b, h, min(i0 + r, T_q - 1)]
+                    _probs_and_grads_row(p[r], ds[r], n_vis[r], n, L, delta[r], scale)
                 for d in range(D):
-                    qs[r, d] = q[b, h, i, d] * scale
-                    qr[r, d] = q[b, h, i, d]
-                    g[r, d] = dout[b, h, i, d]
-                    delta[r] += dout[b, h, i, d] * out[b, h, i, d]
-            n = n_vis.max()
-            _scores4(qs, kT, 0, n, p)  # S = Q K^T * scale, head dims in fours
-            _scores4(g, vT, 0, n, ds)  # dP = dout V^T
-            for d in range(D - D % 4, D):
-                q0, q1, q2, q3 = qs[0, d], qs[1, d], qs[2, d], qs[3, d]
-                g0, g1, g2, g3 = g[0, d], g[1, d], g[2, d], g[3, d]
-                for j in range(n):
-                    kj = kT[d, j]
-                    vj = vT[d, j]
-                    p[0, j] += q0 * kj  # S_ij = q_i . k_j * scale     (forward: S = Q K^T)
-                    p[1, j] += q1 * kj
-                    p[2, j] += q2 * kj
-                    p[3, j] += q3 * kj
-                    ds[0, j] += g0 * vj  # dP_ij = dout_i . v_j        (from out = P V)
-                    ds[1, j] += g1 * vj
-                    ds[2, j] += g2 * vj
-                    ds[3, j] += g3 * vj
-            for r in range(ROWS):
-                L = lse[b, h, min(i0 + r, T_q - 1)]
-                for j in range(n_vis[r]):
-                    p[r, j] = fexp(p[r, j] - L)  # P_ij = exp(S_ij - L_i)   (the forward's softmax)
-                    ds[r, j] = p[r, j] * (ds[r, j] - delta[r]) * scale  # dS, S's scale folded in
-                for j in range(n_vis[r], n):
-                    p[r, j] = 0.0  # masked (j > i + offset) or a padding row
-                    ds[r, j] = 0.0
-            for d in range(D):
-                # dQ_i = sum_j dS_ij k_j * scale                 (from S = Q K^T * scale)
-                a0, a1, a2, a3 = zero, zero, zero, zero
-                q0, q1, q2, q3 = qr[0, d], qr[1, d], qr[2, d], qr[3, d]
-                g0, g1, g2, g3 = g[0, d], g[1, d], g[2, d], g[3, d]
-                for j in range(n):
-                    kj = kT[d, j]
-                    a0 += ds[0, j] * kj
-                    a1 += ds[1, j] * kj
-                    a2 += ds[2, j] * kj
-                    a3 += ds[3, j] * kj
-                    # dK_j += sum_i dS_ij q_i * scale;  dV_j += sum_i P_ij dout_i   (from out = P V)
-                    dkT[d, j] += ds[0, j] * q0 + ds[1, j] * q1 + ds[2, j] * q2 + ds[3, j] * q3
-                    dvT[d, j] += p[0, j] * g0 + p[1, j] * g1 + p[2, j] * g2 + p[3, j] * g3
-                acc = (a0, a1, a2, a3)
-                for r in range(min(ROWS, T_q - i0)):
-                    dq[b, h, i0 + r, d] = acc[r]
-        # Element by element: `dk[b, h] = dkT.T` makes numba compile the
-        # shape-mismatch error message (its string formatting); the cold
-        # compile of this kernel took 17-20 s with it, 7-10 s without
-        # (2-core Xeon, busy machine).
-        for j in range(T_k):
-            for d in range(D):
-                dk[b, h, j, d] = dkT[d, j]
-                dv[b, h, j, d] = dvT[d, j]
+                    # dQ_i = sum_j dS_ij k_j * scale                 (from S = Q K^T * scale)
+                    a0, a1, a2, a3 = zero, zero, zero, zero
+                    q0, q1, q2, q3 = qr[0, d], qr[1, d], qr[2, d], qr[3, d]
+                    g0, g1, g2, g3 = g[0, d], g[1, d], g[2, d], g[3, d]
+                    for j in range(n):
+                        kj = kT[d, j]
+                        a0 += ds[0, j] * kj
+                        a1 += ds[1, j] * kj
+                        a2 += ds[2, j] * kj
+                        a3 += ds[3, j] * kj
+                        # dK_j += sum_i dS_ij q_i * scale;  dV_j += sum_i P_ij dout_i   (from out = P V)
+                        dkT[d, j] += ds[0, j] * q0 + ds[1, j] * q1 + ds[2, j] * q2 + ds[3, j] * q3
+                        dvT[d, j] += p[0, j] * g0 + p[1, j] * g1 + p[2, j] * g2 + p[3, j] * g3
+                    acc = (a0, a1, a2, a3)
+                    for r in range(min(ROWS, T_q - i0)):
+                        dq[b, h, i0 + r, d] = acc[r]
+            # Element by element: `dk[b, h] = dkT.T` makes numba compile the
+            # shape-mismatch error message (its string formatting); the cold
+            # compile of this kernel took 17-20 s with it, 7-10 s without
+            # (2-core Xeon, busy machine).
+            for j in range(T_k):
+                for d in range(D):
+                    dk[b, h, j, d] = dkT[d, j]
+                    dv[b, h, j, d] = dvT[d, j]
 
 
 def _check(q, k, v):
@@ -466,7 +485,7 @@ def attention_backward(dout, cache):
     dk = np.empty_like(k)
     dv = np.empty_like(v)
     if q.shape[2] > 0:
-        _backward_kernel(q, k, v, out, lse, dout, scale, dq, dk, dv)
+        _backward_kernel(q, k, v, out, lse, dout, scale, dq, dk, dv, numba.get_num_threads())
     else:
         dk[:] = 0.0
         dv[:] = 0.0
