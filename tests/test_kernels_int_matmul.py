@@ -171,7 +171,7 @@ def _assert_float32_product(got, x, w_hat):
 # multiple of int8's 4-byte gathers, int4 groups 32 / 64 / 128 with K = one group; k_block forces
 # the k blocks (panel rows): K in one block, several, and a last block shorter than the others.
 F32_GEMM_CASES = [(1, 3, 1, 32), (5, 37, 70, 32), (6, 64, 64, 64), (7, 130, 129, 32), (13, 256, 200, 128),
-                  (25, 128, 16, 128), (19, 96, 65, 32)]
+                  (25, 128, 16, 128), (19, 96, 65, 32), (8, 64, 300, 32)]
 
 
 @pytest.mark.skipif(not HAS_AVX512F, reason="the float32 GEMM needs AVX-512")
@@ -183,9 +183,8 @@ def test_float32_gemm_is_the_dequantized_product(M, Kd, N, group, k_block, paral
     monkeypatch.setattr(K, "USE_F32_GEMM", True)
     if k_block is not None:  # panels of k_block rows (int4: at least one group; int8: a multiple of 4)
         monkeypatch.setattr(K, "PANEL_BYTES", 4 * 64 * k_block)
-    if parallel:  # two threads even for these small products, as many pieces as there are panels
-        monkeypatch.setattr(K, "pieces_for", lambda M, K, N: (2, 2))
-        monkeypatch.setattr(K, "MIN_FLOPS", 1)
+    if parallel:  # two threads even for these small products, in up to 3 pieces (runs of panels)
+        monkeypatch.setattr(K, "pieces_for", lambda M, K, N: (2, 3))
     rng = np.random.default_rng(M * 1000 + Kd)
     x = rng.standard_normal((M, Kd)).astype(np.float32)
     w = rng.standard_normal((Kd, N)).astype(np.float32)

@@ -64,7 +64,7 @@ from numba.extending import overload
 
 from . import int_matmul_ref as ref
 from . import vnni
-from .matmul import MIN_FLOPS, matmul, pieces_for, run_pieces
+from .matmul import matmul, pieces_for, run_pieces
 from .threads import SMALL_WORK, threads_for
 
 # Float loops: let LLVM reorder the sums so the k loop vectorises.
@@ -606,22 +606,18 @@ def _int4_gemm_f32(x, x_tail, packed, scales, group, kc, out, p_start, p_end):
         _panel_store(out, cbuf, j0, nb)
 
 
-GEMM_PIECES_PER_THREAD = 4  # pieces of a product per thread of the budget (see _f32_gemm_pieces)
-
-
 def _f32_gemm_pieces(kernel, args, N, K):
     """kernel(*args, p_start, p_end) over all panels of 64 columns, split into runs of panels over
-    the thread budget like BLAS's products (kernels.matmul: Python threads, each piece taken by
-    whichever thread is free, the caller working too). Not numba's prange: on a shared machine a
-    worker that waits for a core holds a prange loop up until it has run its share (measured here
-    with 2 threads and the other core busy: 3.5 ms instead of 0.6 ms at 64 x 768 x 768), while a
-    piece nobody has started is taken by the caller. A few pieces a thread (each at least
-    matmul.MIN_FLOPS) so that a thread that got its core late takes fewer."""
-    M = args[0].shape[0]
+    the thread budget as BLAS's products are (kernels.matmul: Python threads, each piece taken by
+    whichever thread is free, the caller working too; matmul.pieces_for's count, one piece a
+    thread). Not numba's prange: on a shared machine a worker that waits for a core holds a
+    prange loop up until it has run its share (measured here with 2 threads and the other core
+    busy: 3.5 ms instead of 0.6 ms at 64 x 768 x 768), while a piece nobody has started yet is
+    taken by the caller."""
     n_panels = -(-N // (vnni.FNR * 16))
-    n_threads, _ = pieces_for(M, K, N)
-    n = min(n_panels, GEMM_PIECES_PER_THREAD * n_threads, max(1, 2 * M * K * N // MIN_FLOPS))
-    if n_threads == 1 or n == 1:
+    n_threads, n = pieces_for(args[0].shape[0], K, N)
+    n = min(n, n_panels)
+    if n == 1:
         kernel(*args, 0, n_panels)
         return
     run_pieces([(n_panels * i // n, n_panels * (i + 1) // n) for i in range(n)],
