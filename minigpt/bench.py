@@ -592,9 +592,10 @@ def l2_cache_bytes(root="/sys/devices/system/cpu/cpu0/cache"):
 
 
 def _cache_evictor():
-    """A function that pushes the core's caches out (by writing a buffer four
-    times this CPU's L2): afterwards a kernel's arguments come from L3 or
-    memory, as a training step's do (a step's arrays are many times the L2)."""
+    """A function that pushes the calling core's caches out (by writing a
+    buffer four times this CPU's L2): afterwards a kernel's arguments come
+    from L3 or memory, as a training step's do (a step's arrays are many
+    times the L2). A second thread's core keeps its own L2."""
     buf = np.zeros(4 * l2_cache_bytes() // 8)
 
     def evict():
