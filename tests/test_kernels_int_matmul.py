@@ -178,9 +178,11 @@ F32_GEMM_CASES = [(1, 3, 1, 32), (5, 37, 70, 32), (6, 64, 64, 64), (7, 130, 129,
 @pytest.mark.parametrize("k_block", [None, 32, 40])
 @pytest.mark.parametrize("M, Kd, N, group", F32_GEMM_CASES)
 @pytest.mark.parametrize("parallel", [False, True])
-def test_float32_gemm_is_the_dequantized_product(M, Kd, N, group, k_block, parallel, monkeypatch):
+@pytest.mark.parametrize("gather", [False, True])  # int8 panels read by gathers or by loads
+def test_float32_gemm_is_the_dequantized_product(M, Kd, N, group, k_block, parallel, gather, monkeypatch):
     monkeypatch.setattr(K, "DEQUANT_MIN_ROWS", 1)
     monkeypatch.setattr(K, "USE_F32_GEMM", True)
+    monkeypatch.setattr(K, "USE_GATHER", gather)
     if k_block is not None:  # panels of k_block rows (int4: at least one group; int8: a multiple of 4)
         monkeypatch.setattr(K, "PANEL_BYTES", 4 * 64 * k_block)
     if parallel:  # two threads even for these small products, in up to 3 pieces (runs of panels)
@@ -198,11 +200,13 @@ def test_float32_gemm_is_the_dequantized_product(M, Kd, N, group, k_block, paral
 
 
 @pytest.mark.skipif(not HAS_AVX512F, reason="the float32 GEMM needs AVX-512")
-def test_float32_gemm_packs_the_reference_weights(monkeypatch):
+@pytest.mark.parametrize("gather", [False, True])
+def test_float32_gemm_packs_the_reference_weights(gather, monkeypatch):
     # x = the identity picks the rows of the dequantized weight out of the product: no sum, so the
     # panels must hold the reference's dequantized values exactly (every int8 value and nibble)
     monkeypatch.setattr(K, "DEQUANT_MIN_ROWS", 1)
     monkeypatch.setattr(K, "USE_F32_GEMM", True)
+    monkeypatch.setattr(K, "USE_GATHER", gather)
     Kd, N = 64, 70
     rng = np.random.default_rng(11)
     w_q = rng.integers(-128, 128, (N, Kd)).astype(np.int8)

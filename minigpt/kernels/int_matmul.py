@@ -24,8 +24,9 @@ times each against float32 BLAS):
 - weight-only int8 / int4, a float32 batch (M >= DEQUANT_MIN_ROWS) on an
   AVX-512 CPU (USE_F32_GEMM): a float32 GEMM of our own whose packing is the
   dequantization. Per panel of 64 output columns the weight is dequantized
-  straight into the panel layout (int8: vnni.pack_int8_panel_f32, gathers
-  that transpose 4 k of 16 rows at once; int4: a loop along the columns),
+  straight into the panel layout (int8: vnni.pack_int8_panel_f32, 4 bytes
+  of 16 rows at once, by a gather where gathers are not slowed by the
+  Downfall mitigation, else by 16 loads; int4: a loop along the columns),
   then every 6 rows of x run through it in register tiles (vnni.gemm_tile_f32:
   24 zmm accumulators, FMAs). The dequantized weight never goes to memory,
   which BLAS's route pays twice (written, then read back by BLAS's packing);
@@ -85,6 +86,7 @@ DEQUANT_MIN_ROWS = 16
 # ... and there, float32 on an AVX-512 CPU: the weight dequantized into the packed panels of a
 # float32 GEMM of our own instead (vnni.gemm_tile_f32); the tests switch it off to reach BLAS's path
 USE_F32_GEMM = vnni.HAS_AVX512F
+USE_GATHER = vnni.FAST_GATHER  # int8 panels read by vector gathers where they are not slowed (tests switch it)
 
 
 def _l2_bytes():
@@ -550,12 +552,13 @@ def _gemm_buffers(M, K_rows):
 
 
 @njit(cache=True, nogil=True)
-def _int8_gemm_f32(x, x_tail, w32, w_scale, kc, out, p_start, p_end):
+def _int8_gemm_f32(x, x_tail, w32, w_scale, kc, out, gather, p_start, p_end):
     """out = x @ (w * w_scale[:, None])^T, float32, the weight dequantized into each panel as it is
     packed (vnni.pack_int8_panel_f32) and the product in register tiles (vnni.gemm_tile_f32).
 
     w32 (N, K4) int32: the int8 rows (N, 4 K4 >= K, zero-padded) 4 bytes at a time; kc: the k
-    block (a multiple of 4), so that a panel (kc x 64 floats) stays in L2. Only the panels of 64
+    block (a multiple of 4), so that a panel (kc x 64 floats) stays in L2; gather: how the
+    panel's bytes are read (vnni.pack_int8_panel_f32). Only the panels of 64
     columns p_start <= p < p_end: a piece of _f32_gemm_pieces, run without the GIL."""
     M, K = x.shape
     N, K4 = w32.shape
@@ -571,7 +574,7 @@ def _int8_gemm_f32(x, x_tail, w32, w_scale, kc, out, p_start, p_end):
             sc[c] = w_scale[j0 + c] if c < nb else 0
         for k0 in range(0, K, kc):
             kk = min(kc, K - k0)
-            vnni.pack_int8_panel_f32(w32, offsets, k0 // 4, (kk + 3) // 4, sc, panel)
+            vnni.pack_int8_panel_f32(w32, offsets, k0 // 4, (kk + 3) // 4, sc, panel, gather)
             _panel_tiles(x, x_tail, panel, k0, kk, out, cbuf, j0, nb, k0 > 0)
         _panel_store(out, cbuf, j0, nb)
 
@@ -721,7 +724,7 @@ def int8_weight_matmul(x, w_q, w_scale):
     w_scale = np.ascontiguousarray(w_scale, dtype=x.dtype)
     if x.shape[0] >= DEQUANT_MIN_ROWS and _use_f32_gemm(x):
         out = np.empty((x.shape[0], w_q.shape[0]), dtype=x.dtype)
-        args = (x, _x_tail(x), _weight_words(w_q)[1], w_scale, _k_block(x.shape[1], 4), out)
+        args = (x, _x_tail(x), _weight_words(w_q)[1], w_scale, _k_block(x.shape[1], 4), out, USE_GATHER)
         _f32_gemm_pieces(_int8_gemm_f32, args, out.shape[1], x.shape[1])
         return out
     if x.shape[0] >= DEQUANT_MIN_ROWS:
