@@ -199,6 +199,15 @@ def test_float32_gemm_is_the_dequantized_product(M, Kd, N, group, k_block, paral
         _assert_float32_product(got4, x, R.dequantize_int4(packed, scales, group))
 
 
+@pytest.mark.parametrize("M, Kd, N", [(20, 0, 5), (20, 4, 0), (0, 4, 5)])
+def test_weight_only_empty_products(M, Kd, N, weight_path):
+    x = np.ones((M, Kd), dtype=np.float32)
+    got8 = K.int8_weight_matmul(x, np.ones((N, Kd), dtype=np.int8), np.ones(N, dtype=np.float32))
+    got4 = K.int4_weight_matmul(x, np.zeros((Kd // 2, N), dtype=np.uint8), np.ones((Kd // 2, N), dtype=np.float32), 2)
+    for got in (got8, got4):  # K = 0: a sum of nothing
+        assert got.shape == (M, N) and got.dtype == np.float32 and not got.any()
+
+
 @pytest.mark.skipif(not HAS_AVX512F, reason="the float32 GEMM needs AVX-512")
 @pytest.mark.parametrize("gather", [False, True])
 def test_float32_gemm_packs_the_reference_weights(gather, monkeypatch):

@@ -644,9 +644,10 @@ def _k_block(K, multiple):
     return max(multiple, fit // multiple * multiple)
 
 
-def _use_f32_gemm(x):
-    """The fused dequantizing GEMM for a float32 batch on an AVX-512 CPU (else dequantize + BLAS)."""
-    return USE_F32_GEMM and x.dtype == np.float32
+def _use_f32_gemm(x, N):
+    """The fused dequantizing GEMM for a float32 batch on an AVX-512 CPU (else dequantize + BLAS,
+    which also takes the empty products: K = 0 must give zeros, and the GEMM would write nothing)."""
+    return USE_F32_GEMM and x.dtype == np.float32 and x.shape[1] > 0 and N > 0
 
 
 def _as_rows(x, dtype=None):
@@ -722,7 +723,7 @@ def int8_weight_matmul(x, w_q, w_scale):
     x, w_q = _as_rows(x), _as_rows(w_q, np.int8)
     _check_k(x, w_q, w_q.shape[1])
     w_scale = np.ascontiguousarray(w_scale, dtype=x.dtype)
-    if x.shape[0] >= DEQUANT_MIN_ROWS and _use_f32_gemm(x):
+    if x.shape[0] >= DEQUANT_MIN_ROWS and _use_f32_gemm(x, w_q.shape[0]):
         out = np.empty((x.shape[0], w_q.shape[0]), dtype=x.dtype)
         args = (x, _x_tail(x), _weight_words(w_q)[1], w_scale, _k_block(x.shape[1], 4), out, USE_GATHER)
         _f32_gemm_pieces(_int8_gemm_f32, args, out.shape[1], x.shape[1])
@@ -748,7 +749,7 @@ def int4_weight_matmul(x, packed, scales, group):
     if group % 2 or x.shape[1] % group or scales.shape != (x.shape[1] // group, packed.shape[1]):
         raise ValueError(f"scales {scales.shape} do not fit K={x.shape[1]} with group={group}")
     scales = np.ascontiguousarray(scales, dtype=x.dtype)
-    if x.shape[0] >= DEQUANT_MIN_ROWS and _use_f32_gemm(x):  # a batch: dequantized into the GEMM's panels
+    if x.shape[0] >= DEQUANT_MIN_ROWS and _use_f32_gemm(x, packed.shape[1]):  # a batch: into the GEMM's panels
         out = np.empty((x.shape[0], packed.shape[1]), dtype=x.dtype)
         _f32_gemm_pieces(_int4_gemm_f32, (x, _x_tail(x), packed, scales, group, _k_block(x.shape[1], group), out),
                          out.shape[1], x.shape[1])
