@@ -242,6 +242,9 @@ def init_params(config: GPTConfig, seed=0) -> dict[str, np.ndarray]:
 class KVCache:
     """Keys and values of the positions seen so far: one (k, v) pair per
     layer, each (B, H_l, T_past, D), None until the first forward fills it.
+    The pairs are KVPast views (minigpt.layers.attention) of growing buffers:
+    a new position is written in place, not concatenated to a copy of the
+    past, and the decoding kernel reads them where they are.
     Used only for inference."""
 
     def __init__(self, config: GPTConfig, batch_size: int):

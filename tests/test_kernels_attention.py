@@ -5,7 +5,8 @@ import pytest
 from minigpt.gradcheck import check_op
 from numba import njit
 
-from minigpt.kernels.attention import BLOCK, _forward_kernel, _row_max, attention_backward, attention_forward
+from minigpt.kernels.attention import (BLOCK, _forward_kernel, _keys_along_rows, _row_max, attention_backward,
+                                       attention_forward)
 from minigpt.kernels.fastexp import fexp_array
 from minigpt.layers.attention import causal_attention_backward, causal_attention_forward
 from minigpt.ops import op_table
@@ -149,3 +150,37 @@ def test_rejects_bad_shapes():
         attention_forward(q, np.zeros((1, 1, 3, 4)), np.zeros((1, 1, 3, 4)))  # T_q > T_k
     with pytest.raises(ValueError):
         attention_forward(q.astype(np.float32), q, q)  # mixed dtypes
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_decoding_steps_read_the_kv_cache_in_place(dtype):
+    # one query row a step against a KV cache's transposed store: the same as
+    # the reference on plain arrays, through a capacity doubling (80 -> 160),
+    # with key counts on both sides of the padded loops
+    from minigpt.layers.attention import _extend_kv
+
+    B, H, T, D = 2, 3, 130, 8
+    q, k, v, _ = _inputs((B, H, T, T, D), dtype, seed=7)
+    cache = _extend_kv((None, None), k[:, :, :40], v[:, :, :40])
+    for t in range(40, T):
+        cache = _extend_kv(cache, k[:, :, t:t + 1], v[:, :, t:t + 1])
+        assert _keys_along_rows(cache[0]) is cache.store.kT  # no copy
+        out, _ = attention_forward(q[:, :, t:t + 1], *cache)
+        ref, _ = causal_attention_forward(q[:, :, t:t + 1], k[:, :, :t + 1], v[:, :, :t + 1])
+        np.testing.assert_allclose(out, ref, rtol=TOL[dtype], atol=TOL[dtype], err_msg=f"t={t}")
+    assert cache.store.kT.shape[3] == 160  # room for twice the first 40 positions, doubled once at 80
+
+
+def test_two_continuations_of_one_cache_stay_apart():
+    # the newest state of a store is extended in place; an older one (a second
+    # continuation of the same past) gets its own store, so neither sees the other
+    from minigpt.layers.attention import _extend_kv
+
+    q, k, v, _ = _inputs((1, 2, 6, 6, 4), np.float64, seed=9)
+    past = _extend_kv((None, None), k[:, :, :4], v[:, :, :4])
+    first = _extend_kv(past, k[:, :, 4:5], v[:, :, 4:5])
+    second = _extend_kv(past, k[:, :, 5:6], v[:, :, 5:6])  # past's store has moved on
+    assert second.store is not first.store and first.store is past.store
+    np.testing.assert_array_equal(first[0][:, :, 4], k[:, :, 4])
+    np.testing.assert_array_equal(second[0][:, :, 4], k[:, :, 5])
+    np.testing.assert_array_equal(past[0], k[:, :, :4])  # the older views are unchanged

@@ -52,7 +52,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
 from .fastexp import _i32_as_f32, _i64_as_f64, fexp
-from .threads import threads_for
+from .threads import SMALL_WORK, serial_twin, threads_for
 
 # Keys per online-softmax step; any value is correct. The (4, BLOCK) score
 # buffer sits in L1 (8 KB float32). 512 measured ~5% faster than 256 in the
@@ -454,6 +454,42 @@ def _backward_kernel(q, k, v, out, lse, dout, scale, dq, dk, dv, n_threads):
                     dv[b, h, j, d] = dvT[d, j]
 
 
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _decode_kernel(q, kT, vT, T_k, scale, out, lse, n_threads):
+    """One query row per (batch, head), at the last of T_k positions (a decoding
+    step): q (B, H, 1, D); kT, vT (B, H, D, >= T_k), the keys and values
+    transposed in their first T_k columns, which is how a KV cache
+    (minigpt.layers.attention.KVPast) stores them, so they are read in place:
+    no per-call transposes, and no block of four query rows of which three
+    would be padding."""
+    B, H, _, D = q.shape
+    zero = scale - scale  # 0 in the input's dtype
+    n_tasks = B * H
+    n_chunks = min(n_threads, n_tasks)
+    for chunk in prange(n_chunks):
+        s = np.zeros(_round_up(T_k, EXP_CHUNK), dtype=q.dtype)  # the row's scores, then exp(s - max)
+        for task in range(chunk, n_tasks, n_chunks):
+            b, h = task // H, task % H
+            s[:T_k] = 0.0
+            for d in range(D):
+                qd = q[b, h, 0, d] * scale
+                krow = kT[b, h, d, :T_k]
+                for j in range(T_k):
+                    s[j] += qd * krow[j]  # s_j = q . k_j * scale, over contiguous keys
+            mx = _row_max(s, T_k)
+            total = _softmax_block_row(s, T_k, T_k, mx)  # every key is visible
+            for d in range(D):
+                vrow = vT[b, h, d, :T_k]
+                a = zero
+                for j in range(T_k):
+                    a += s[j] * vrow[j]
+                out[b, h, 0, d] = a / total
+            lse[b, h, 0] = mx + math.log(total)
+
+
+_decode_kernel_serial = serial_twin(_decode_kernel, "_attention_decode_kernel_serial", FASTMATH)
+
+
 def _check(q, k, v):
     if q.ndim != 4 or k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
         raise ValueError(f"shapes q {q.shape}, k {k.shape}, v {v.shape} do not fit (B, H, T, D)")
@@ -463,14 +499,38 @@ def _check(q, k, v):
         raise ValueError("q, k, v must share one dtype, float32 or float64")
 
 
+def _keys_along_rows(x):
+    """x (B, H, T, D) as a C-contiguous (B, H, D, T') array whose first T
+    columns are x transposed: the buffer x is a view of if it is a KV cache's
+    (minigpt.layers.attention.KVPast: read in place), else a transposed copy.
+    (A strided view itself would make numba compile loops with run-time
+    strides, which it does not vectorise: 10x slower.)"""
+    xT = x.swapaxes(2, 3)
+    base = xT.base
+    if (isinstance(base, np.ndarray) and base.ndim == 4 and base.flags.c_contiguous and base.dtype == x.dtype
+            and base.shape[:3] == xT.shape[:3] and base.strides == xT.strides
+            and base.ctypes.data == xT.ctypes.data):
+        return base
+    return np.ascontiguousarray(xT)
+
+
 def attention_forward(q, k, v):
     """out = softmax(q k^T / sqrt(D) + causal mask) v; cache (q, k, v, out, lse)."""
     _check(q, k, v)
-    q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))
     B, H, T_q, D = q.shape
+    q = np.ascontiguousarray(q)
     out = np.empty_like(q)  # (B, H, T_q, D)
     lse = np.empty((B, H, T_q), dtype=q.dtype)  # log-sum-exp of each score row
     scale = q.dtype.type(1.0 / math.sqrt(D))
+    if T_q == 1:  # a decoding step: keys and values read in place, transposed (see _decode_kernel)
+        kT, vT = (_keys_along_rows(a) for a in (k, v))  # (B, H, D, T_k); no copy for a KVPast's views
+        T_k = k.shape[2]
+        if B * H * T_k * D < SMALL_WORK:  # one thread, without threads_for's switch (~30 us a call)
+            _decode_kernel_serial(q, kT, vT, T_k, scale, out, lse, 1)
+        else:
+            _decode_kernel(q, kT, vT, T_k, scale, out, lse, numba.get_num_threads())
+        return out, (q, k, v, out, lse, scale)
+    k, v = np.ascontiguousarray(k), np.ascontiguousarray(v)
     if T_q > 0:
         with threads_for(B * H * T_q * k.shape[2] * D):  # one decoding step is small work
             _forward_kernel(q, k, v, scale, out, lse, numba.get_num_threads())
@@ -480,6 +540,7 @@ def attention_forward(q, k, v):
 def attention_backward(dout, cache):
     """Returns (dq, dk, dv), recomputing P from the stored log-sum-exp."""
     q, k, v, out, lse, scale = cache
+    k, v = np.ascontiguousarray(k), np.ascontiguousarray(v)  # a decoding step's may be views of a cache
     dout = np.ascontiguousarray(dout, dtype=q.dtype)
     dq = np.empty_like(q)
     dk = np.empty_like(k)

@@ -72,6 +72,67 @@ def merge_heads(x):
     return x.transpose(0, 2, 1, 3).reshape(B, T, H * D)
 
 
+class _KVStore:
+    """Growing buffers of one layer's cached keys and values, stored transposed:
+    kT, vT (B, H, D, capacity), of which the first `length` positions are filled."""
+
+    def __init__(self, B, H, D, capacity, dtype):
+        self.kT = np.zeros((B, H, D, capacity), dtype=dtype)
+        self.vT = np.zeros((B, H, D, capacity), dtype=dtype)
+        self.length = 0
+
+    def fits(self, k):
+        B, H, D, _ = self.kT.shape
+        return k.shape[:2] == (B, H) and k.shape[3] == D and k.dtype == self.kT.dtype
+
+    def append(self, k, v):
+        """Write k, v (B, H, T, D) at positions length .. length + T - 1, doubling the capacity if needed."""
+        L, T = self.length, k.shape[2]
+        if L + T > self.kT.shape[3]:
+            B, H, D, _ = self.kT.shape
+            grown = _KVStore(B, H, D, max(2 * self.kT.shape[3], L + T), self.kT.dtype)
+            grown.kT[..., :L] = self.kT[..., :L]
+            grown.vT[..., :L] = self.vT[..., :L]
+            self.kT, self.vT = grown.kT, grown.vT
+        self.kT[..., L:L + T] = k.swapaxes(2, 3)  # (B, H, D, T)
+        self.vT[..., L:L + T] = v.swapaxes(2, 3)
+        self.length = L + T
+
+
+class KVPast(tuple):
+    """A layer's KV cache, the pair (k, v) of (B, H, T, D) arrays: views of the
+    first T positions of a _KVStore (see multihead_attention_forward).
+
+    Appending a new position to the newest KVPast of a store writes it in place
+    (amortised O(1) a position, where concatenating copied the whole past
+    every step); an older one (its store has moved on past it: a second
+    continuation of the same past) starts a store of its own instead, so no
+    KVPast ever sees its positions change. The transposed storage is the
+    layout the decoding kernel (minigpt.kernels.attention) reads in place.
+    """
+
+    def __new__(cls, store):
+        T = store.length
+        obj = super().__new__(cls, (store.kT[..., :T].swapaxes(2, 3), store.vT[..., :T].swapaxes(2, 3)))
+        obj.store, obj.length = store, T
+        return obj
+
+
+def _extend_kv(kv_cache, k, v):
+    """The KVPast of the cached positions followed by k, v (B, H, T, D)."""
+    if isinstance(kv_cache, KVPast) and kv_cache.store.length == kv_cache.length and kv_cache.store.fits(k):
+        store = kv_cache.store  # the newest state of its store: append in place
+    else:  # (None, None), a plain (k, v) pair, or an older KVPast: copy into a new store
+        k_past, v_past = kv_cache
+        T_past = 0 if k_past is None else k_past.shape[2]
+        B, H, T, D = k.shape
+        store = _KVStore(B, H, D, max(2 * (T_past + T), 64), k.dtype)
+        if T_past:
+            store.append(np.asarray(k_past, dtype=k.dtype), np.asarray(v_past, dtype=k.dtype))
+    store.append(k, v)
+    return KVPast(store)
+
+
 def multihead_attention_forward(qkv, n_head, kernel=None, kv_cache=None):
     """Causal attention over heads; qkv (B, T, 3 H D) -> out (B, T, H D).
 
@@ -79,8 +140,8 @@ def multihead_attention_forward(qkv, n_head, kernel=None, kv_cache=None):
     the config's); the head size is D = width / (3 H). kernel is the core's
     (forward, backward) pair, the NumPy reference if None.
     kv_cache, if given, is a (k_past, v_past) pair of (B, H, T_past, D)
-    arrays (or (None, None) before the first position); the new keys and values are appended and the updated pair is
-    returned as the cache's second element (inference only: no backward).
+    arrays (or (None, None) before the first position); the new keys and values are appended and the updated pair, a
+    KVPast, is returned as the cache's second element (inference only: no backward).
     """
     fwd, _ = kernel or (causal_attention_forward, causal_attention_backward)
     B, T, C3 = qkv.shape
@@ -89,14 +150,13 @@ def multihead_attention_forward(qkv, n_head, kernel=None, kv_cache=None):
         return out, (kv_cache if kv_cache is not None else (None, 0, kernel))
     C = C3 // 3  # plain slices: np.split's generality costs ~10 us a call, per layer and token when decoding
     q, k, v = (split_heads(qkv[..., j * C:(j + 1) * C], n_head) for j in range(3))  # (B, H, T, D)
-    if kv_cache is not None and kv_cache[0] is not None:  # (None, None): nothing cached yet
-        k_past, v_past = kv_cache
-        k = np.concatenate([k_past, k], axis=2)  # (B, H, T_past + T, D)
-        v = np.concatenate([v_past, v], axis=2)
+    if kv_cache is not None:  # (None, None): nothing cached yet
+        kv_cache = _extend_kv(kv_cache, k, v)
+        k, v = kv_cache  # (B, H, T_past + T, D), views of the cache's transposed store
+        out, _ = fwd(np.ascontiguousarray(q), k, v)  # the kernel copies the views if its layout needs it
+        return merge_heads(out), kv_cache  # (B, T, H D)
     out, core_cache = fwd(np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v))
     out = merge_heads(out)  # (B, T, H D)
-    if kv_cache is not None:
-        return out, (k, v)
     return out, (core_cache, n_head, kernel)
 
 
