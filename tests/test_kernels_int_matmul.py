@@ -39,6 +39,7 @@ def weight_path(request, monkeypatch):
     if request.param == "float32 GEMM" and not HAS_AVX512F:
         pytest.skip("this CPU has no AVX-512")
     monkeypatch.setattr(K, "DEQUANT_MIN_ROWS", 1 if batch else 10**9)
+    monkeypatch.setattr(K, "F32_GEMM_MIN_ROWS", 1 if batch else 10**9)
     monkeypatch.setattr(K, "USE_F32_GEMM", request.param == "float32 GEMM")
     monkeypatch.setattr(K, "USE_VECTORS", request.param != "integer loops, no row kernel")
     if request.param == "integer loops, parallel":
@@ -180,7 +181,7 @@ F32_GEMM_CASES = [(1, 3, 1, 32), (5, 37, 70, 32), (6, 64, 64, 64), (7, 130, 129,
 @pytest.mark.parametrize("parallel", [False, True])
 @pytest.mark.parametrize("gather", [False, True])  # int8 panels read by gathers or by loads
 def test_float32_gemm_is_the_dequantized_product(M, Kd, N, group, k_block, parallel, gather, monkeypatch):
-    monkeypatch.setattr(K, "DEQUANT_MIN_ROWS", 1)
+    monkeypatch.setattr(K, "F32_GEMM_MIN_ROWS", 1)
     monkeypatch.setattr(K, "USE_F32_GEMM", True)
     monkeypatch.setattr(K, "USE_GATHER", gather)
     if k_block is not None:  # panels of k_block rows (int4: at least one group; int8: a multiple of 4)
@@ -213,7 +214,7 @@ def test_weight_only_empty_products(M, Kd, N, weight_path):
 def test_float32_gemm_packs_the_reference_weights(gather, monkeypatch):
     # x = the identity picks the rows of the dequantized weight out of the product: no sum, so the
     # panels must hold the reference's dequantized values exactly (every int8 value and nibble)
-    monkeypatch.setattr(K, "DEQUANT_MIN_ROWS", 1)
+    monkeypatch.setattr(K, "F32_GEMM_MIN_ROWS", 1)
     monkeypatch.setattr(K, "USE_F32_GEMM", True)
     monkeypatch.setattr(K, "USE_GATHER", gather)
     Kd, N = 64, 70

@@ -21,7 +21,7 @@ times each against float32 BLAS):
   (s0..s3) as dot products of contiguous rows (weights are (N, K)), so every
   activation loaded is used 4 times; with VNNI the k loop is vpdpbusd
   (vnni.dot4_u8s8), else LLVM's sign-extend + vpmaddwd vectorisation;
-- weight-only int8 / int4, a float32 batch (M >= DEQUANT_MIN_ROWS) on an
+- weight-only int8 / int4, float32, M >= F32_GEMM_MIN_ROWS rows on an
   AVX-512 CPU (USE_F32_GEMM): a float32 GEMM of our own whose packing is the
   dequantization. Per panel of 64 output columns the weight is dequantized
   straight into the panel layout (int8: vnni.pack_int8_panel_f32, 4 bytes
@@ -86,6 +86,10 @@ DEQUANT_MIN_ROWS = 16
 # ... and there, float32 on an AVX-512 CPU: the weight dequantized into the packed panels of a
 # float32 GEMM of our own instead (vnni.gemm_tile_f32); the tests switch it off to reach BLAS's path
 USE_F32_GEMM = vnni.HAS_AVX512F
+# ... which from 6 rows (one tile) beats the integer loops: measured, one thread, 768 x 3072 /
+# 3072 x 768 / 768 x 768 weights, int8 and int4: at 4 rows 0.57-0.71 ms against 0.50-0.74 ms
+# (mixed), at 6 rows 0.55-0.66 against 0.72-0.99 ms, at 12 rows 0.73-0.83 against 1.44-1.96 ms
+F32_GEMM_MIN_ROWS = 6
 USE_GATHER = vnni.FAST_GATHER  # int8 panels read by vector gathers where they are not slowed (tests switch it)
 
 
@@ -717,13 +721,15 @@ def _scratch_buffer(shape, dtype):
 def int8_weight_matmul(x, w_q, w_scale):
     """Float activations (M, K) times int8 weights (N, K) with per-channel scales -> (M, N).
 
-    A batch (M >= DEQUANT_MIN_ROWS) dequantizes the weight into a reused buffer and lets
-    BLAS multiply (the reference's own two steps); fewer rows run the integer loops.
+    A float32 batch on an AVX-512 CPU (M >= F32_GEMM_MIN_ROWS) runs the float32 GEMM that
+    dequantizes into its panels; otherwise a batch (M >= DEQUANT_MIN_ROWS) dequantizes the weight
+    into a reused buffer and lets BLAS multiply (the reference's own two steps); fewer rows run
+    the integer loops.
     """
     x, w_q = _as_rows(x), _as_rows(w_q, np.int8)
     _check_k(x, w_q, w_q.shape[1])
     w_scale = np.ascontiguousarray(w_scale, dtype=x.dtype)
-    if x.shape[0] >= DEQUANT_MIN_ROWS and _use_f32_gemm(x, w_q.shape[0]):
+    if x.shape[0] >= F32_GEMM_MIN_ROWS and _use_f32_gemm(x, w_q.shape[0]):
         out = np.empty((x.shape[0], w_q.shape[0]), dtype=x.dtype)
         args = (x, _x_tail(x), _weight_words(w_q)[1], w_scale, _k_block(x.shape[1], 4), out, USE_GATHER)
         _f32_gemm_pieces(_int8_gemm_f32, args, out.shape[1], x.shape[1])
@@ -749,7 +755,7 @@ def int4_weight_matmul(x, packed, scales, group):
     if group % 2 or x.shape[1] % group or scales.shape != (x.shape[1] // group, packed.shape[1]):
         raise ValueError(f"scales {scales.shape} do not fit K={x.shape[1]} with group={group}")
     scales = np.ascontiguousarray(scales, dtype=x.dtype)
-    if x.shape[0] >= DEQUANT_MIN_ROWS and _use_f32_gemm(x, packed.shape[1]):  # a batch: into the GEMM's panels
+    if x.shape[0] >= F32_GEMM_MIN_ROWS and _use_f32_gemm(x, packed.shape[1]):  # a batch: into the GEMM's panels
         out = np.empty((x.shape[0], packed.shape[1]), dtype=x.dtype)
         _f32_gemm_pieces(_int4_gemm_f32, (x, _x_tail(x), packed, scales, group, _k_block(x.shape[1], group), out),
                          out.shape[1], x.shape[1])
