@@ -544,11 +544,11 @@ def _panel_store(out, cbuf, j0, nb):
 
 @njit(cache=True, inline="always")
 def _gemm_buffers(M, K_rows):
-    """A panel of K_rows x 64 floats and the output rows' spill (_panel_tiles' cbuf), per panel:
-    no thread shares them, and allocating is cheap next to a panel's products (no zeroing)."""
+    """A panel of K_rows x 64 floats and the output rows' spill (_panel_tiles' cbuf), for one
+    piece of a product (no two threads share them)."""
     NB = vnni.FNR * 16
-    # the panel on a 64-byte boundary: each of the tile's loads is then one cache line, not two
-    # (numba's allocator aligns less: at 512 x 768 x 768 the tiles ran at half speed with some buffers)
+    # the panel on a 64-byte boundary, which numba's allocator does not promise: each of the
+    # tile's 64-byte loads is then one cache line, not two
     room = np.empty(K_rows * NB + 16, dtype=np.float32)
     skip = (-(room.ctypes.data // 4)) % 16
     return (room[skip:skip + K_rows * NB],
@@ -567,10 +567,10 @@ def _int8_gemm_f32(x, x_tail, w32, w_scale, kc, out, gather, p_start, p_end):
     M, K = x.shape
     N, K4 = w32.shape
     NB = vnni.FNR * 16
+    panel, cbuf = _gemm_buffers(M, kc + 4)  # room for the last block's k rounded up to 4
+    offsets = np.empty(NB, dtype=np.int64)
+    sc = np.empty(NB, dtype=np.float32)
     for p in range(p_start, p_end):
-        panel, cbuf = _gemm_buffers(M, kc + 4)  # room for the last block's k rounded up to 4
-        offsets = np.empty(NB, dtype=np.int64)
-        sc = np.empty(NB, dtype=np.float32)
         j0 = p * NB
         nb = min(NB, N - j0)
         for c in range(NB):  # columns past N: the last row again, times 0
@@ -593,11 +593,11 @@ def _int4_gemm_f32(x, x_tail, packed, scales, group, kc, out, p_start, p_end):
     NB = vnni.FNR * 16
     half = group // 2
     eight = np.float32(8)
+    panel, cbuf = _gemm_buffers(M, kc)
     for p in range(p_start, p_end):
-        panel, cbuf = _gemm_buffers(M, kc)
         j0 = p * NB
         nb = min(NB, N - j0)
-        if nb < NB:  # columns past N: 0
+        if nb < NB:  # columns past N: 0 (the last panel; those before it filled every column)
             panel[:] = 0
         for k0 in range(0, K, kc):
             kk = min(kc, K - k0)
