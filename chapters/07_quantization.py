@@ -870,9 +870,12 @@ save_figure(fig, "07_quantization_speed")
 # * **a batch** uses every weight once per row, so the bytes per multiply-add
 #   shrink by the batch size and arithmetic decides. A weight-only product
 #   still multiplies in float32, after converting (and for int4 unpacking)
-#   every weight, work BLAS's float32 kernel never does: at best as fast
-#   (here the conversion is done once per call, then BLAS, so it costs a few
-#   percent). Only W8A8 changes the arithmetic itself: int8 x int8 products
+#   every weight, work BLAS's float32 kernel never does: at best about as
+#   fast. On an AVX-512 CPU the conversion is folded into the packing any
+#   GEMM does (a float32 GEMM of minigpt's own, whose tiles happen to be a
+#   little faster than BLAS's here); elsewhere the weight is converted once
+#   per call, then BLAS multiplies, a few percent slower. Only W8A8 changes
+#   the arithmetic itself: int8 x int8 products
 #   summed in int32, which AVX-512 VNNI does 64 per instruction where a
 #   float32 fused multiply-add does 16; the quantization of the activations
 #   and the repacking of the weights are paid once per call.
