@@ -16,14 +16,14 @@ Forward, per query row i, keys in blocks of BLOCK (online softmax):
     acc = running sum of exp(s - m) v.
     For a new block with scores s_j:  m' = max(m, max_j s_j),
     rescale the old sums by exp(m - m'), then add exp(s_j - m') and exp(s_j - m') v_j.
-    At the end out_i = acc / l and the row's log-sum-exp is L_i = m + log(l).
+    At the end out_i = acc / l.
   Only a (ROWS, BLOCK) score buffer exists; no T x T array is ever made.
   ROWS = 4 query rows go through the blocks together, so each k and v element
   loaded serves four rows (rows see different numbers of keys: the surplus
   scores of the shorter rows are set to probability 0).
 
 Backward, recomputing instead of storing P:
-    P_ij = exp(S_ij - L_i)                              (exact softmax, from L_i)
+    P_ij = exp(S_ij - m_i) / sum_j exp(S_ij - m_i)     (each row whole, m_i its max)
     dV   = P^T dout,  dP = dout V^T
     dS_ij = P_ij (dP_ij - delta_i),  delta_i = sum_j P_ij dP_ij = dout_i . out_i
     dQ = dS K * scale,  dK = dS^T Q * scale
@@ -38,7 +38,8 @@ Layout: k and v are copied transposed, (D, T_k), per task, so the inner loops
 Key counts are padded to whole vectors (LANES, EXP_CHUNK: LLVM runs a loop's
 remainder as scalar code, which at short T was most of the work), and each
 thread keeps one set of scratch arrays for all its (batch, head) tasks.
-The cache holds q, k, v, out and L: O(T D), not O(T^2).
+The cache holds q, k, v and out: O(T D), not O(T^2). Decoding (one query row
+against a KV cache) has its own kernel, _decode_kernel.
 
 To gate heads (pruning), multiply out (and dout) by a per-head factor outside
 the kernel, or skip a (b, h) task inside it: the tasks are independent.
@@ -104,7 +105,9 @@ def _order_key_overload(x):
     if x == types.float32:
         def key32(x):
             i = _f32_bits(x)
-            return i ^ ((i >> np.int32(31)) & np.int32(0x7FFFFFFF))
+            # np.int32(): numba computes int32 operations in int64; narrowed, LLVM
+            # vectorises the loop sixteen lanes wide, not eight
+            return np.int32(i ^ ((i >> np.int32(31)) & np.int32(0x7FFFFFFF)))
         return key32
     if x == types.float64:
         def key64(x):
@@ -122,7 +125,7 @@ def _from_key(key, like):
 def _from_key_overload(key, like):
     if like == types.float32:
         def back32(key, like):
-            return _i32_as_f32(key ^ ((key >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+            return _i32_as_f32(np.int32(key ^ ((key >> np.int32(31)) & np.int32(0x7FFFFFFF))))
         return back32
     if like == types.float64:
         def back64(key, like):
@@ -140,7 +143,8 @@ def _row_max(a, n):
     family 6 model 207), but it does an integer one; and like the exp loop
     it runs whole vectors only (four at a time), so the loop goes to n
     rounded up to EXP_CHUNK with the keys past n masked; a must have that
-    many finite entries (or n itself)."""
+    many finite entries (or n itself). (Masking only the last chunk, in a
+    loop of its own, made that loop scalar code: slower.)"""
     first = _order_key(a[0])  # a[0] is among the n: a neutral stand-in for the masked keys
     best = first
     n_pad = min(_round_up(n, EXP_CHUNK), a.shape[0])
@@ -263,7 +267,7 @@ def _softmax_block_row(sr, nr, nbp, mr):
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _forward_kernel(q, k, v, scale, out, lse, n_threads):
+def _forward_kernel(q, k, v, scale, out, n_threads):
     B, H, T_q, D = q.shape
     T_k = k.shape[2]
     T_pad = _round_up(T_k, LANES)
@@ -280,7 +284,8 @@ def _forward_kernel(q, k, v, scale, out, lse, n_threads):
         # and every loop over keys can run in whole vectors of LANES.
         kT = np.zeros((D, T_pad), dtype=q.dtype)
         vT = np.zeros((D, T_pad), dtype=q.dtype)
-        s = np.zeros((ROWS, BLOCK), dtype=q.dtype)  # scores, then exp(s - m), of one key block
+        # scores, then exp(s - m), of one key block: no wider than T_k needs
+        s = np.zeros((ROWS, _round_up(min(T_pad, BLOCK), EXP_CHUNK)), dtype=q.dtype)
         acc = np.empty((ROWS, D), dtype=q.dtype)  # running sums of exp(s - m) v
         qs = np.empty((ROWS, D), dtype=q.dtype)  # the rows' q * scale
         m = np.empty(ROWS, dtype=q.dtype)  # running max of each row's scores
@@ -349,27 +354,35 @@ def _forward_kernel(q, k, v, scale, out, lse, n_threads):
                     inv = 1.0 / l[r]
                     for d in range(D):
                         out[b, h, i0 + r, d] = acc[r, d] * inv
-                    lse[b, h, i0 + r] = m[r] + math.log(l[r])
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
-def _probs_and_grads_row(pr, dsr, nv, n_pad, L, delta, scale):
-    """pr[:nv] = exp(pr[:nv] - L) (P from S), dsr[:nv] = P (dsr - delta) scale
-    (dS from dP); both 0 from nv to n_pad. Padded to EXP_CHUNK like
-    _softmax_block_row (pr and dsr must hold finite values up to there)."""
-    zero = L - L
+def _probs_and_grads_row(pr, dsr, nv, n_pad, delta, scale):
+    """From one row's scores pr[:nv] and dP dsr[:nv]: pr = exp(S - max) (P
+    before its normalisation), dsr = dS = P (dP - delta) scale, both 0 from nv
+    to n_pad; returns 1 / sum_j exp(S_j - max), the factor that makes pr P.
+    pr and dsr must hold finite values up to nv rounded up to EXP_CHUNK.
+
+    P is normalised here, from the whole row's scores (the backward has
+    them all anyway), not from a log-sum-exp kept by the forward, so the
+    forward writes nothing but out (its peak memory: out and per-thread
+    scratch). The factor is left for the caller to fold into dout's row
+    (dV = P^T dout) instead of a pass over pr."""
+    if nv == 0:  # a padding row
+        pr[:n_pad] = 0.0
+        dsr[:n_pad] = 0.0
+        return pr[0] - pr[0]
+    inv = 1.0 / _softmax_block_row(pr, nv, n_pad, _row_max(pr, nv))  # pr = exp(S - max), 0 past nv
+    c = inv * scale
     nvp = min(_round_up(nv, EXP_CHUNK), pr.shape[0])
     for j in range(nvp):
-        e = fexp(pr[j] - L)  # P_ij = exp(S_ij - L_i)   (the forward's softmax)
-        e = e if j < nv else zero  # masked (j > i + offset) or a padding row
-        pr[j] = e
-        dsr[j] = e * (dsr[j] - delta) * scale  # dS, S's scale folded in
-    pr[nvp:n_pad] = 0.0
+        dsr[j] = pr[j] * (dsr[j] - delta) * c  # dS_ij = P_ij (dP_ij - delta_i), S's scale folded in; 0 past nv
     dsr[nvp:n_pad] = 0.0
+    return inv
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _backward_kernel(q, k, v, out, lse, dout, scale, dq, dk, dv, n_threads):
+def _backward_kernel(q, k, v, out, dout, scale, dq, dk, dv, n_threads):
     B, H, T_q, D = q.shape
     T_k = k.shape[2]
     T_pad = _round_up(T_k, LANES)
@@ -382,11 +395,14 @@ def _backward_kernel(q, k, v, out, lse, dout, scale, dq, dk, dv, n_threads):
         vT = np.zeros((D, T_pad), dtype=q.dtype)
         dkT = np.empty((D, T_pad), dtype=q.dtype)  # accumulated over query rows
         dvT = np.empty((D, T_pad), dtype=q.dtype)
-        p = np.zeros((ROWS, T_pad), dtype=q.dtype)  # ROWS rows of P, recomputed
-        ds = np.zeros((ROWS, T_pad), dtype=q.dtype)  # the same rows of dS (times scale)
+        # ROWS rows of P (unnormalised), recomputed, and of dS (times scale); as
+        # wide as whole EXP_CHUNKs, so the padded loops never end in a part chunk
+        p = np.zeros((ROWS, _round_up(T_k, EXP_CHUNK)), dtype=q.dtype)
+        ds = np.zeros((ROWS, _round_up(T_k, EXP_CHUNK)), dtype=q.dtype)
         qs = np.empty((ROWS, D), dtype=q.dtype)  # those rows of q * scale, of q, of dout
         qr = np.empty((ROWS, D), dtype=q.dtype)
         g = np.empty((ROWS, D), dtype=q.dtype)
+        gp = np.empty((ROWS, D), dtype=q.dtype)  # dout's rows over their softmax sums
         n_vis = np.empty(ROWS, dtype=np.int64)
         delta = np.empty(ROWS, dtype=q.dtype)
         for task in range(chunk, n_tasks, n_chunks):
@@ -425,13 +441,14 @@ def _backward_kernel(q, k, v, out, lse, dout, scale, dq, dk, dv, n_threads):
                         ds[2, j] += g2 * vj
                         ds[3, j] += g3 * vj
                 for r in range(ROWS):
-                    L = lse[b, h, min(i0 + r, T_q - 1)]
-                    _probs_and_grads_row(p[r], ds[r], n_vis[r], n, L, delta[r], scale)
+                    inv = _probs_and_grads_row(p[r], ds[r], n_vis[r], n, delta[r], scale)
+                    for d in range(D):
+                        gp[r, d] = g[r, d] * inv  # dout_i / sum_j exp(S_ij - max): p times it is P
                 for d in range(D):
                     # dQ_i = sum_j dS_ij k_j * scale                 (from S = Q K^T * scale)
                     a0, a1, a2, a3 = zero, zero, zero, zero
                     q0, q1, q2, q3 = qr[0, d], qr[1, d], qr[2, d], qr[3, d]
-                    g0, g1, g2, g3 = g[0, d], g[1, d], g[2, d], g[3, d]
+                    g0, g1, g2, g3 = gp[0, d], gp[1, d], gp[2, d], gp[3, d]
                     for j in range(n):
                         kj = kT[d, j]
                         a0 += ds[0, j] * kj
@@ -455,7 +472,7 @@ def _backward_kernel(q, k, v, out, lse, dout, scale, dq, dk, dv, n_threads):
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _decode_kernel(q, kT, vT, T_k, scale, out, lse, n_threads):
+def _decode_kernel(q, kT, vT, T_k, scale, out, n_threads):
     """One query row per (batch, head), at the last of T_k positions (a decoding
     step): q (B, H, 1, D); kT, vT (B, H, D, >= T_k), the keys and values
     transposed in their first T_k columns, which is how a KV cache
@@ -484,7 +501,6 @@ def _decode_kernel(q, kT, vT, T_k, scale, out, lse, n_threads):
                 for j in range(T_k):
                     a += s[j] * vrow[j]
                 out[b, h, 0, d] = a / total
-            lse[b, h, 0] = mx + math.log(total)
 
 
 _decode_kernel_serial = serial_twin(_decode_kernel, "_attention_decode_kernel_serial", FASTMATH)
@@ -515,38 +531,37 @@ def _keys_along_rows(x):
 
 
 def attention_forward(q, k, v):
-    """out = softmax(q k^T / sqrt(D) + causal mask) v; cache (q, k, v, out, lse)."""
+    """out = softmax(q k^T / sqrt(D) + causal mask) v; cache (q, k, v, out)."""
     _check(q, k, v)
     B, H, T_q, D = q.shape
     q = np.ascontiguousarray(q)
     out = np.empty_like(q)  # (B, H, T_q, D)
-    lse = np.empty((B, H, T_q), dtype=q.dtype)  # log-sum-exp of each score row
     scale = q.dtype.type(1.0 / math.sqrt(D))
     if T_q == 1:  # a decoding step: keys and values read in place, transposed (see _decode_kernel)
         kT, vT = (_keys_along_rows(a) for a in (k, v))  # (B, H, D, T_k); no copy for a KVPast's views
         T_k = k.shape[2]
         if B * H * T_k * D < SMALL_WORK:  # one thread, without threads_for's switch (~30 us a call)
-            _decode_kernel_serial(q, kT, vT, T_k, scale, out, lse, 1)
+            _decode_kernel_serial(q, kT, vT, T_k, scale, out, 1)
         else:
-            _decode_kernel(q, kT, vT, T_k, scale, out, lse, numba.get_num_threads())
-        return out, (q, k, v, out, lse, scale)
+            _decode_kernel(q, kT, vT, T_k, scale, out, numba.get_num_threads())
+        return out, (q, k, v, out, scale)
     k, v = np.ascontiguousarray(k), np.ascontiguousarray(v)
     if T_q > 0:
         with threads_for(B * H * T_q * k.shape[2] * D):  # one decoding step is small work
-            _forward_kernel(q, k, v, scale, out, lse, numba.get_num_threads())
-    return out, (q, k, v, out, lse, scale)
+            _forward_kernel(q, k, v, scale, out, numba.get_num_threads())
+    return out, (q, k, v, out, scale)
 
 
 def attention_backward(dout, cache):
-    """Returns (dq, dk, dv), recomputing P from the stored log-sum-exp."""
-    q, k, v, out, lse, scale = cache
+    """Returns (dq, dk, dv), recomputing P from q and k."""
+    q, k, v, out, scale = cache
     k, v = np.ascontiguousarray(k), np.ascontiguousarray(v)  # a decoding step's may be views of a cache
     dout = np.ascontiguousarray(dout, dtype=q.dtype)
     dq = np.empty_like(q)
     dk = np.empty_like(k)
     dv = np.empty_like(v)
     if q.shape[2] > 0:
-        _backward_kernel(q, k, v, out, lse, dout, scale, dq, dk, dv, numba.get_num_threads())
+        _backward_kernel(q, k, v, out, dout, scale, dq, dk, dv, numba.get_num_threads())
     else:
         dk[:] = 0.0
         dv[:] = 0.0
