@@ -232,7 +232,8 @@ def bench_attention(quick, torch):
 
             impls["torch sdpa"] = (t_fwd, t_fwdbwd)
         for which, section in ((0, "attention fwd"), (1, "attention fwd+bwd")):
-            times = {name: time_call(fns[which], repeats) for name, fns in impls.items()}
+            # interleaved: a burst of load from other processes falls on every implementation alike
+            times = _interleaved_medians({name: fns[which] for name, fns in impls.items()}, repeats)
             peaks = {name: peak_extra_mb(fns[which]) for name, fns in impls.items()}  # after all timings
             for name in impls:
                 # the NumPy reference is the baseline: it is there with or without torch
