@@ -238,10 +238,37 @@ def _weighted_sum4(s, vT, j0, nb, acc):
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
 def _transpose_into(x, xT):
-    """xT[:, :T] = x.T for x (T, D); xT's padding columns are left as they are."""
+    """xT[:, :T] = x.T for x (T, D); xT's padding columns are left as they are.
+
+    In blocks of 16 rows of x: a block (16 x D) stays in L1 while its D
+    columns are written out. Measured per element, one thread, Xeon family 6
+    model 207, D = 32: 0.28 / 0.45 ns at T = 128 / 1024, where column by
+    column (strided reads over all of x) took 0.47 / 0.80."""
     T, D = x.shape
-    for d in range(D):
-        xT[d, :T] = x[:, d]
+    for j0 in range(0, T - T % 16, 16):
+        blk = x[j0:j0 + 16]
+        for d in range(D):
+            dst = xT[d, j0:j0 + 16]
+            for jj in range(16):
+                dst[jj] = blk[jj, d]
+    for j in range(T - T % 16, T):
+        for d in range(D):
+            xT[d, j] = x[j, d]
+
+
+@njit(cache=True, inline="always", fastmath=FASTMATH)
+def _transpose_from(xT, x):
+    """x = xT[:, :T].T for x (T, D), in the same blocks as _transpose_into."""
+    T, D = x.shape
+    for j0 in range(0, T - T % 16, 16):
+        blk = x[j0:j0 + 16]
+        for d in range(D):
+            src = xT[d, j0:j0 + 16]
+            for jj in range(16):
+                blk[jj, d] = src[jj]
+    for j in range(T - T % 16, T):
+        for d in range(D):
+            x[j, d] = xT[d, j]
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
@@ -465,10 +492,8 @@ def _backward_kernel(q, k, v, out, dout, scale, dq, dk, dv, n_threads):
             # shape-mismatch error message (its string formatting); the cold
             # compile of this kernel took 17-20 s with it, 7-10 s without
             # (2-core Xeon, busy machine).
-            for j in range(T_k):
-                for d in range(D):
-                    dk[b, h, j, d] = dkT[d, j]
-                    dv[b, h, j, d] = dvT[d, j]
+            _transpose_from(dkT, dk[b, h])
+            _transpose_from(dvT, dv[b, h])
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
