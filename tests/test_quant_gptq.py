@@ -16,6 +16,8 @@ from minigpt.quant.rescale import calibration_batches
 from minigpt.quant.weights import weight_arrays
 from minigpt.train import evaluate, train
 
+import trained_weights
+
 CFG = GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=4, n_embd=64, dtype="float32")
 
 
@@ -196,12 +198,7 @@ def test_an_input_never_seen_is_rounded_to_nearest():
 
 
 def trained_like(seed=0):
-    model = GPT(CFG, seed=seed)
-    rng = np.random.default_rng(seed)
-    for name, p in model.params.items():
-        if p.ndim == 2:
-            model.params[name] = rng.normal(0, 1 / np.sqrt(p.shape[0]), p.shape).astype(p.dtype)
-    return model
+    return trained_weights.trained_like(CFG, seed)
 
 
 @pytest.mark.parametrize("kind, bits, group", [("int4", 4, 32), ("int4", 3, None), ("int8", 8, None),
@@ -305,12 +302,7 @@ def ckpt(tmp_path):
 
 
 def trained_like_for(cfg):
-    model = GPT(cfg, seed=0)
-    rng = np.random.default_rng(0)
-    for name, p in model.params.items():
-        if p.ndim == 2:
-            model.params[name] = rng.normal(0, 1 / np.sqrt(p.shape[0]), p.shape).astype(p.dtype)
-    return model
+    return trained_weights.trained_like(cfg)
 
 
 @pytest.mark.parametrize("flags, fmt, method, smooth", [

@@ -17,18 +17,14 @@ from minigpt.quant import bits_per_weight, dequantize_params, is_quantized, quan
 from minigpt.quant import quantized_layers, weight_bytes
 from minigpt.quant.cli import scheme_of
 
+import trained_weights
+
 CFG = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=4, n_embd=64, dtype="float32")
 LINEARS = {f"h.{i}.{n}" for i in range(2) for n in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}
 
 
 def trained_like(seed=0):
-    """O(1) random weights (GPT-2's init is too small to show a rounding error)."""
-    model = GPT(CFG, seed=seed)
-    rng = np.random.default_rng(seed)
-    for name, p in model.params.items():
-        if p.ndim == 2:
-            model.params[name] = rng.normal(0, 1 / np.sqrt(p.shape[0]), p.shape).astype(p.dtype)
-    return model
+    return trained_weights.trained_like(CFG, seed)
 
 
 def batch(seed=1, B=3, T=16):

@@ -18,6 +18,8 @@ from minigpt.quant.kmeans import (
     kmeans_quantize,
 )
 
+import trained_weights
+
 CFG = GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=4, n_embd=64, dtype="float32")
 
 
@@ -27,12 +29,7 @@ def trained_like_tensor(shape=(256, 256), seed=0):
 
 
 def trained_like(cfg=CFG, seed=0):
-    model = GPT(cfg, seed=seed)
-    rng = np.random.default_rng(seed)
-    for name, p in model.params.items():
-        if p.ndim == 2:
-            model.params[name] = rng.normal(0, 1 / np.sqrt(p.shape[0]), p.shape).astype(p.dtype)
-    return model
+    return trained_weights.trained_like(cfg, seed)
 
 
 def batch(seed=1, B=3, T=16, V=40):

@@ -16,6 +16,8 @@ from minigpt.quant import (
     weight_bytes,
 )
 
+import trained_weights
+
 # C = 64 and an MLP 256 wide: every layer's K is a multiple of 32 (the block formats' block)
 CFG = GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=4, n_embd=64, dtype="float32")
 # (kind, bits, group)
@@ -24,13 +26,7 @@ SCHEMES = [("int8", 8, None), ("int8", 6, None), ("int4", 4, 32), ("int4", 4, No
 
 
 def trained_like(seed=0):
-    """A model whose weights are O(1) random (GPT-2's init is too small to show an error)."""
-    model = GPT(CFG, seed=seed)
-    rng = np.random.default_rng(seed)
-    for name, p in model.params.items():
-        if p.ndim == 2:
-            model.params[name] = rng.normal(0, 1 / np.sqrt(p.shape[0]), p.shape).astype(p.dtype)
-    return model
+    return trained_weights.trained_like(CFG, seed)
 
 
 def batch(seed=1, B=3, T=16):
