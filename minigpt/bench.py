@@ -713,6 +713,10 @@ def run_bench(quick=False, sections=("attention", "int_matmul", "sparse", "struc
 
     from . import kernels  # sets OMP_WAIT_POLICY=PASSIVE before torch's OpenMP starts
 
+    # torch before numba's first parallel kernel (the warm-up): imported after numba's
+    # OpenMP pool had started, torch on two threads ran SDPA ~10x slower (49 against
+    # 5 ms, B=16, T=256, 4 heads of 32; Xeon family 6 model 207)
+    torch = _torch()
     if log is not None and {"attention", "structured", "train", "kernels_in_step"} & set(sections):
         kernels.warm_up("float32")  # a cold numba cache compiles here, announced, not in a silent first row
 
@@ -721,7 +725,6 @@ def run_bench(quick=False, sections=("attention", "int_matmul", "sparse", "struc
     # cores from the others (measured: a float32 matvec took 8 ms instead of
     # 0.06 ms after a torch call), so every pool waits passively; that costs
     # each library a little wake-up latency and keeps the comparison fair.
-    torch = _torch()
     _set_mmap_threshold(TIMING_MMAP_THRESHOLD)  # the same allocator behaviour for every timing
     threads = numba.get_num_threads()
     if torch is not None:
