@@ -184,3 +184,17 @@ def test_two_continuations_of_one_cache_stay_apart():
     np.testing.assert_array_equal(first[0][:, :, 4], k[:, :, 4])
     np.testing.assert_array_equal(second[0][:, :, 4], k[:, :, 5])
     np.testing.assert_array_equal(past[0], k[:, :, :4])  # the older views are unchanged
+
+
+def test_decoding_step_above_small_work_uses_the_parallel_kernel():
+    # B H T_k D >= SMALL_WORK: the threaded decode kernel, not its serial twin
+    from minigpt.kernels.threads import SMALL_WORK
+    from minigpt.layers.attention import _extend_kv
+
+    B, H, T, D = 4, 8, 2050, 64
+    assert B * H * T * D >= SMALL_WORK
+    q, k, v, _ = _inputs((B, H, 1, T, D), np.float32, seed=11)
+    cache = _extend_kv((None, None), k, v)
+    out, _ = attention_forward(q, *cache)
+    ref, _ = causal_attention_forward(q, k, v)
+    np.testing.assert_allclose(out, ref, rtol=TOL[np.float32], atol=TOL[np.float32])
