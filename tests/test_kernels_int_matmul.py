@@ -4,7 +4,8 @@ import pytest
 
 from minigpt.kernels import int_matmul as K
 from minigpt.kernels import int_matmul_ref as R
-from minigpt.kernels.vnni import HAS_AVX512F, HAS_VNNI
+from minigpt.kernels import vnni
+from minigpt.kernels.vnni import HAS_AVX2_FMA, HAS_AVX512F, HAS_VNNI
 
 # (M, K, N): one row, one column, N not a multiple of the 4-channel tiles,
 # M not a multiple of the 4-row int4 blocks, N beyond one 256-column tile.
@@ -27,20 +28,32 @@ def int8_path(request, monkeypatch):
     return request.param
 
 
+def _f32_tiles(monkeypatch, tiles):
+    """Send the weight-only batches to the float32 GEMM with `tiles` ("avx512" or "avx2": both run
+    here, AVX2's instructions being part of AVX-512 CPUs), skipping where this CPU has not got them."""
+    if tiles == "avx512" and not HAS_AVX512F:
+        pytest.skip("this CPU has no AVX-512")
+    if tiles == "avx2" and not HAS_AVX2_FMA:
+        pytest.skip("this CPU has no AVX2 + FMA")
+    monkeypatch.setattr(K, "USE_F32_GEMM", True)
+    monkeypatch.setattr(K, "F32_TILES", tiles)
+    return K._F32_GEMMS[tiles][2]
+
+
 @pytest.fixture(params=["integer loops", "integer loops, no row kernel", "integer loops, parallel",
-                        "dequantize + BLAS", "float32 GEMM"])
+                        "dequantize + BLAS", "float32 GEMM", "float32 GEMM, AVX2 tiles"])
 def weight_path(request, monkeypatch):
     """Run a weight-only test through every path, whatever the number of rows: int4's float32
     decoding row kernel (16-wide vectors, vnni.nibble_rows4_f32) or, switched off, the general
     loops; the decoding kernels' serial twins (small products) and their parallel originals;
-    the batch paths: dequantize + BLAS, and (float32, AVX-512) the GEMM that dequantizes
-    into its panels (float64 x takes BLAS's path there too)."""
-    batch = request.param in ("dequantize + BLAS", "float32 GEMM")
-    if request.param == "float32 GEMM" and not HAS_AVX512F:
-        pytest.skip("this CPU has no AVX-512")
+    the batch paths: dequantize + BLAS, and (float32) the GEMM that dequantizes into its panels,
+    with AVX-512's tiles and with AVX2's (float64 x takes BLAS's path there too)."""
+    batch = request.param in ("dequantize + BLAS", "float32 GEMM", "float32 GEMM, AVX2 tiles")
     monkeypatch.setattr(K, "DEQUANT_MIN_ROWS", 1 if batch else 10**9)
     monkeypatch.setattr(K, "F32_GEMM_MIN_ROWS", 1 if batch else 10**9)
-    monkeypatch.setattr(K, "USE_F32_GEMM", request.param == "float32 GEMM")
+    monkeypatch.setattr(K, "USE_F32_GEMM", False)
+    if request.param.startswith("float32 GEMM"):
+        _f32_tiles(monkeypatch, "avx2" if "AVX2" in request.param else "avx512")
     monkeypatch.setattr(K, "USE_VECTORS", request.param != "integer loops, no row kernel")
     if request.param == "integer loops, parallel":
         monkeypatch.setattr(K, "SMALL_WORK", 0)
@@ -175,17 +188,21 @@ F32_GEMM_CASES = [(1, 3, 1, 32), (5, 37, 70, 32), (6, 64, 64, 64), (7, 130, 129,
                   (25, 128, 16, 128), (19, 96, 65, 32), (8, 64, 300, 32)]
 
 
-@pytest.mark.skipif(not HAS_AVX512F, reason="the float32 GEMM needs AVX-512")
+# AVX-512's tiles read int8 panels by gathers or by loads; AVX2's by loads only
+TILES_AND_GATHER = [("avx512", False), ("avx512", True), ("avx2", False)]
+
+
 @pytest.mark.parametrize("k_block", [None, 32, 40])
 @pytest.mark.parametrize("M, Kd, N, group", F32_GEMM_CASES)
 @pytest.mark.parametrize("parallel", [False, True])
-@pytest.mark.parametrize("gather", [False, True])  # int8 panels read by gathers or by loads
-def test_float32_gemm_is_the_dequantized_product(M, Kd, N, group, k_block, parallel, gather, monkeypatch):
+@pytest.mark.parametrize("tiles, gather", TILES_AND_GATHER)
+def test_float32_gemm_is_the_dequantized_product(M, Kd, N, group, k_block, parallel, tiles, gather, monkeypatch):
+    # AVX2: 6 x 16 tiles, so the N here also fall around its 16-column panels (16, 65, 70, 129)
+    shape = _f32_tiles(monkeypatch, tiles)
     monkeypatch.setattr(K, "F32_GEMM_MIN_ROWS", 1)
-    monkeypatch.setattr(K, "USE_F32_GEMM", True)
     monkeypatch.setattr(K, "USE_GATHER", gather)
     if k_block is not None:  # panels of k_block rows (int4: at least one group; int8: a multiple of 4)
-        monkeypatch.setattr(K, "PANEL_BYTES", 4 * 64 * k_block)
+        monkeypatch.setattr(K, "PANEL_BYTES", 4 * shape.NB * k_block)
     if parallel:  # two threads even for these small products, in up to 3 pieces (runs of panels)
         monkeypatch.setattr(K, "pieces_for", lambda M, K, N: (2, 3))
     rng = np.random.default_rng(M * 1000 + Kd)
@@ -194,6 +211,7 @@ def test_float32_gemm_is_the_dequantized_product(M, Kd, N, group, k_block, paral
     w_q, w_s = R.quantize_per_channel(w)
     got8 = K.int8_weight_matmul(x, w_q, w_s)
     _assert_float32_product(got8, x, R.dequantize_int8(w_q, w_s).T)
+    assert K._F32_GEMMS[tiles][0].signatures  # these tiles' kernel ran (was compiled)
     if Kd % group == 0:
         packed, scales = R.quantize_int4_groupwise(w, group)
         got4 = K.int4_weight_matmul(x, packed, scales, group)
@@ -209,13 +227,13 @@ def test_weight_only_empty_products(M, Kd, N, weight_path):
         assert got.shape == (M, N) and got.dtype == np.float32 and not got.any()
 
 
-@pytest.mark.skipif(not HAS_AVX512F, reason="the float32 GEMM needs AVX-512")
-@pytest.mark.parametrize("gather", [False, True])
-def test_float32_gemm_packs_the_reference_weights(gather, monkeypatch):
+@pytest.mark.parametrize("tiles, gather", TILES_AND_GATHER)
+def test_float32_gemm_packs_the_reference_weights(tiles, gather, monkeypatch):
     # x = the identity picks the rows of the dequantized weight out of the product: no sum, so the
-    # panels must hold the reference's dequantized values exactly (every int8 value and nibble)
+    # panels must hold the reference's dequantized values exactly (every int8 value and nibble);
+    # N = 70: full panels (int4: vnni's vector packing) and a last narrow one (the column loop)
+    _f32_tiles(monkeypatch, tiles)
     monkeypatch.setattr(K, "F32_GEMM_MIN_ROWS", 1)
-    monkeypatch.setattr(K, "USE_F32_GEMM", True)
     monkeypatch.setattr(K, "USE_GATHER", gather)
     Kd, N = 64, 70
     rng = np.random.default_rng(11)
@@ -228,6 +246,18 @@ def test_float32_gemm_packs_the_reference_weights(gather, monkeypatch):
     q[:16, 0] = np.arange(-8, 8)
     packed, scales = R.pack_int4(q, 32), rng.uniform(0.01, 2, (Kd // 32, N)).astype(np.float32)
     np.testing.assert_array_equal(K.int4_weight_matmul(eye, packed, scales, 32), R.dequantize_int4(packed, scales, 32))
+
+
+@pytest.mark.parametrize("forced, features, expected", [
+    ("", "+avx2,+fma,+avx512f,+avx512vnni", "avx512"), ("", "+avx2,+fma,-avx512f", "avx2"),
+    ("", "+avx2,-fma", None), ("", "+sse4.2,+avx", None), ("avx2", "+avx2,+fma,+avx512f", "avx2"),
+    ("AVX512", "+avx2,+fma", "avx512"), ("off", "+avx2,+fma,+avx512f", None)])
+def test_float32_tiles_follow_numbas_cpu_features(forced, features, expected, monkeypatch):
+    # the tiles are chosen from what numba compiles for (NUMBA_CPU_FEATURES, set by kernels/__init__
+    # on AVX-512 CPUs), unless MINIGPT_F32_TILES says otherwise
+    monkeypatch.setenv("MINIGPT_F32_TILES", forced)
+    monkeypatch.setenv("NUMBA_CPU_FEATURES", features)
+    assert vnni._f32_tiles_choice() == expected
 
 
 def test_int4_extremes_and_zero_inputs(weight_path):

@@ -21,16 +21,19 @@ times each against float32 BLAS):
   (s0..s3) as dot products of contiguous rows (weights are (N, K)), so every
   activation loaded is used 4 times; with VNNI the k loop is vpdpbusd
   (vnni.dot4_u8s8), else LLVM's sign-extend + vpmaddwd vectorisation;
-- weight-only int8 / int4, float32, M >= F32_GEMM_MIN_ROWS rows on an
-  AVX-512 CPU (USE_F32_GEMM): a float32 GEMM of our own whose packing is the
-  dequantization. Per panel of 64 output columns the weight is dequantized
-  straight into the panel layout (int8: vnni.pack_int8_panel_f32, 4 bytes
-  of 16 rows at once, by a gather where gathers are not slowed by the
-  Downfall mitigation, else by 16 loads; int4: a loop along the columns),
-  then every 6 rows of x run through it in register tiles (vnni.gemm_tile_f32:
-  24 zmm accumulators, FMAs). The dequantized weight never goes to memory,
-  which BLAS's route pays twice (written, then read back by BLAS's packing);
-- weight-only, a batch otherwise (float64, or no AVX-512): the weight is
+- weight-only int8 / int4, float32, M >= F32_GEMM_MIN_ROWS rows on a CPU
+  with AVX-512 or AVX2 + FMA (USE_F32_GEMM): a float32 GEMM of our own whose
+  packing is the dequantization. Per panel of output columns (64 with
+  AVX-512, 16 with AVX2: F32_TILES picks vnni's tile module, _F32_GEMMS the
+  driver compiled for it) the weight is dequantized straight into the panel
+  layout (int8: pack_int8_panel_f32, 4 bytes of 16 / 8 rows at once, by a
+  gather on AVX-512 where gathers are not slowed by the Downfall
+  mitigation, else by loads; int4: pack_int4_panel_f32, a vector of bytes a
+  step), then every 6 rows of x run through it in register tiles
+  (gemm_tile_f32: 24 zmm or 12 ymm accumulators, FMAs). The dequantized
+  weight never goes to memory, which BLAS's route pays twice (written, then
+  read back by BLAS's packing);
+- weight-only, a batch otherwise (float64, or neither AVX-512 nor AVX2): the weight is
   dequantized (a vectorised pass) into a buffer reused across calls, then
   BLAS multiplies (kernels.matmul: split over the thread budget like the
   float linear's products): what the reference does, in two fast steps;
@@ -52,7 +55,7 @@ times each against float32 BLAS):
 - tasks are spread over threads with prange, and small calls run on one
   thread (threads.threads_for).
 Every path is checked against int_matmul_ref in tests/test_kernels_int_matmul.py
-(the tests switch USE_VNNI, USE_VECTORS, USE_F32_GEMM and the row thresholds to reach each).
+(the tests switch USE_VNNI, USE_VECTORS, USE_F32_GEMM, F32_TILES and the row thresholds to reach each).
 """
 import os
 import threading
@@ -83,13 +86,19 @@ USE_VECTORS = True  # int4 decoding row, float32: _int4_row_kernel (the tests sw
 # Weight-only int8 / int4 from this many rows: dequantize the weight (K N conversions,
 # about what the integer loops spend on 2-3 rows) into a reused buffer, then BLAS
 DEQUANT_MIN_ROWS = 16
-# ... and there, float32 on an AVX-512 CPU: the weight dequantized into the packed panels of a
+# ... and there, float32 on an AVX-512 or AVX2 + FMA CPU: the weight dequantized into the packed panels of a
 # float32 GEMM of our own instead (vnni.gemm_tile_f32); the tests switch it off to reach BLAS's path
-USE_F32_GEMM = vnni.HAS_AVX512F
+USE_F32_GEMM = vnni.F32_TILES is not None
+# ... with which tiles (vnni.F32_AVX512 or F32_AVX2, _F32_GEMMS), chosen from the CPU's features
+# (vnni.F32_TILES; MINIGPT_F32_TILES=avx2 forces the AVX2 tiles on an AVX-512 CPU, for measuring)
+F32_TILES = vnni.F32_TILES or "avx512"
 # ... which from 6 rows (one tile) beats the integer loops: measured, one thread, 768 x 3072 /
 # 3072 x 768 / 768 x 768 weights, int8 and int4: at 4 rows 0.57-0.71 ms against 0.50-0.74 ms
 # (mixed), at 6 rows 0.55-0.66 against 0.72-0.99 ms, at 12 rows 0.73-0.83 against 1.44-1.96 ms
+# (AVX-512 tiles); the AVX2 tiles under the proxy (vnni's docstring): at 4 rows 0.74-0.90 ms
+# against 0.56-0.76, at 6 rows 0.72-0.84 against 0.81-1.17, at 12 rows 1.07-1.20 against 1.79-2.07
 F32_GEMM_MIN_ROWS = 6
+f32t = vnni.F32_AVX512  # the tile module the GEMM driver's source reads (twins: _tiles_twin)
 USE_GATHER = vnni.FAST_GATHER  # int8 panels read by vector gathers where they are not slowed (tests switch it)
 
 
@@ -517,27 +526,27 @@ def _dequantize_int4_cols(packed, scales, group, out):
 
 @njit(cache=True, inline="always")
 def _panel_tiles(x, x_tail, panel, k0, kc, out, cbuf, j0, nb, accumulate):
-    """out[:, j0:j0 + nb] (+)= x[:, k0:k0 + kc] @ panel[:kc, :nb], FMR rows at a time (vnni.gemm_tile_f32).
+    """out[:, j0:j0 + nb] (+)= x[:, k0:k0 + kc] @ panel[:kc, :nb], FMR rows at a time (f32t.gemm_tile_f32).
 
     Rows of a full tile and a full panel go straight to out; the rest (the last M % FMR rows,
     copied into x_tail (FMR, K) with zero rows after them, and every row when nb < the panel's
     width) to cbuf (FMR * ceil(M / FMR), panel width), at the same rows, for _panel_store."""
     M, K = x.shape
-    m_full = M - M % vnni.FMR
-    for i0 in range(0, m_full, vnni.FMR):
+    m_full = M - M % f32t.MR
+    for i0 in range(0, m_full, f32t.MR):
         if nb == cbuf.shape[1]:
-            vnni.gemm_tile_f32(x, i0 * K + k0, K, panel, kc, out[i0:i0 + vnni.FMR, j0:j0 + nb], accumulate)
+            f32t.gemm_tile_f32(x, i0 * K + k0, K, panel, kc, out[i0:i0 + f32t.MR, j0:j0 + nb], accumulate)
         else:
-            vnni.gemm_tile_f32(x, i0 * K + k0, K, panel, kc, cbuf[i0:i0 + vnni.FMR], accumulate)
+            f32t.gemm_tile_f32(x, i0 * K + k0, K, panel, kc, cbuf[i0:i0 + f32t.MR], accumulate)
     if m_full < M:
-        vnni.gemm_tile_f32(x_tail, k0, K, panel, kc, cbuf[m_full:m_full + vnni.FMR], accumulate)
+        f32t.gemm_tile_f32(x_tail, k0, K, panel, kc, cbuf[m_full:m_full + f32t.MR], accumulate)
 
 
 @njit(cache=True, inline="always")
 def _panel_store(out, cbuf, j0, nb):
     """The parts of out[:, j0:j0 + nb] that _panel_tiles left in cbuf."""
     M = out.shape[0]
-    m_first = 0 if nb < cbuf.shape[1] else M - M % vnni.FMR
+    m_first = 0 if nb < cbuf.shape[1] else M - M % f32t.MR
     for i in range(m_first, M):
         out[i, j0:j0 + nb] = cbuf[i, :nb]
 
@@ -546,27 +555,27 @@ def _panel_store(out, cbuf, j0, nb):
 def _gemm_buffers(M, K_rows):
     """A panel of K_rows x 64 floats and the output rows' spill (_panel_tiles' cbuf), for one
     piece of a product (no two threads share them)."""
-    NB = vnni.FNR * 16
+    NB = f32t.NB
     # the panel on a 64-byte boundary, which numba's allocator does not promise: each of the
     # tile's 64-byte loads is then one cache line, not two
     room = np.empty(K_rows * NB + 16, dtype=np.float32)
     skip = (-(room.ctypes.data // 4)) % 16
     return (room[skip:skip + K_rows * NB],
-            np.empty(((M + vnni.FMR - 1) // vnni.FMR * vnni.FMR, NB), dtype=np.float32))
+            np.empty(((M + f32t.MR - 1) // f32t.MR * f32t.MR, NB), dtype=np.float32))
 
 
 @njit(cache=True, nogil=True)
 def _int8_gemm_f32(x, x_tail, w32, w_scale, kc, out, gather, p_start, p_end):
     """out = x @ (w * w_scale[:, None])^T, float32, the weight dequantized into each panel as it is
-    packed (vnni.pack_int8_panel_f32) and the product in register tiles (vnni.gemm_tile_f32).
+    packed (f32t.pack_int8_panel_f32) and the product in register tiles (f32t.gemm_tile_f32).
 
     w32 (N, K4) int32: the int8 rows (N, 4 K4 >= K, zero-padded) 4 bytes at a time; kc: the k
     block (a multiple of 4), so that a panel (kc x 64 floats) stays in L2; gather: how the
-    panel's bytes are read (vnni.pack_int8_panel_f32). Only the panels of 64
+    panel's bytes are read (f32t.pack_int8_panel_f32). Only the panels of 64
     columns p_start <= p < p_end: a piece of _f32_gemm_pieces, run without the GIL."""
     M, K = x.shape
     N, K4 = w32.shape
-    NB = vnni.FNR * 16
+    NB = f32t.NB
     panel, cbuf = _gemm_buffers(M, kc + 4)  # room for the last block's k rounded up to 4
     offsets = np.empty(NB, dtype=np.int64)
     sc = np.empty(NB, dtype=np.float32)
@@ -578,9 +587,26 @@ def _int8_gemm_f32(x, x_tail, w32, w_scale, kc, out, gather, p_start, p_end):
             sc[c] = w_scale[j0 + c] if c < nb else 0
         for k0 in range(0, K, kc):
             kk = min(kc, K - k0)
-            vnni.pack_int8_panel_f32(w32, offsets, k0 // 4, (kk + 3) // 4, sc, panel, gather)
+            f32t.pack_int8_panel_f32(w32, offsets, k0 // 4, (kk + 3) // 4, sc, panel, gather)
             _panel_tiles(x, x_tail, panel, k0, kk, out, cbuf, j0, nb, k0 > 0)
         _panel_store(out, cbuf, j0, nb)
+
+
+@njit(cache=True, inline="always")
+def _pack_int4_columns(packed, scales, group, k0, kk, j0, nb, panel):
+    """panel[k - k0, c] = the dequantized int4 weight (k, j0 + c), k0 <= k < k0 + kk, c < nb: as
+    f32t.pack_int4_panel_f32, a column at a time (for a last panel narrower than the vectors)."""
+    NB = f32t.NB
+    half = group // 2
+    eight = np.float32(8)
+    for r in range(k0 // 2, (k0 + kk) // 2):  # byte rows: k = g group + t and + half
+        g, t = r // half, r % half
+        prow, srow = packed[r, j0:j0 + nb], scales[g, j0:j0 + nb]
+        lo = panel[(g * group + t - k0) * NB:(g * group + t - k0) * NB + nb]
+        hi = panel[(g * group + half + t - k0) * NB:(g * group + half + t - k0) * NB + nb]
+        for c in range(nb):  # the nibble - 8 is exact in float32: the reference's float(q) * scale
+            lo[c] = (_lo(prow[c], eight) - eight) * srow[c]  # (8-bit wide until the float: 16 lanes)
+            hi[c] = (_hi(prow[c], eight) - eight) * srow[c]
 
 
 @njit(cache=True, nogil=True)
@@ -590,9 +616,8 @@ def _int4_gemm_f32(x, x_tail, packed, scales, group, kc, out, p_start, p_end):
     kc: the k block, a multiple of group."""
     M, K = x.shape
     N = packed.shape[1]
-    NB = vnni.FNR * 16
+    NB = f32t.NB
     half = group // 2
-    eight = np.float32(8)
     panel, cbuf = _gemm_buffers(M, kc)
     for p in range(p_start, p_end):
         j0 = p * NB
@@ -601,27 +626,23 @@ def _int4_gemm_f32(x, x_tail, packed, scales, group, kc, out, p_start, p_end):
             panel[:] = 0
         for k0 in range(0, K, kc):
             kk = min(kc, K - k0)
-            for r in range(k0 // 2, (k0 + kk) // 2):  # byte rows: k = g group + t and + half
-                g, t = r // half, r % half
-                prow, srow = packed[r, j0:j0 + nb], scales[g, j0:j0 + nb]
-                lo = panel[(g * group + t - k0) * NB:(g * group + t - k0) * NB + nb]
-                hi = panel[(g * group + half + t - k0) * NB:(g * group + half + t - k0) * NB + nb]
-                for c in range(nb):  # the nibble - 8 is exact in float32: the reference's float(q) * scale
-                    lo[c] = (_lo(prow[c], eight) - eight) * srow[c]  # (8-bit wide until the float: 16 lanes)
-                    hi[c] = (_hi(prow[c], eight) - eight) * srow[c]
+            if nb == NB:  # a full panel: a vector of bytes a step (f32t.pack_int4_panel_f32)
+                f32t.pack_int4_panel_f32(packed, scales, k0 // group, (k0 + kk) // group, half, j0, panel)
+            else:  # the last panel: its nb columns (the intrinsic would read past N)
+                _pack_int4_columns(packed, scales, group, k0, kk, j0, nb, panel)
             _panel_tiles(x, x_tail, panel, k0, kk, out, cbuf, j0, nb, k0 > 0)
         _panel_store(out, cbuf, j0, nb)
 
 
-def _f32_gemm_pieces(kernel, args, N, K):
-    """kernel(*args, p_start, p_end) over all panels of 64 columns, split into runs of panels over
+def _f32_gemm_pieces(kernel, tiles, args, N, K):
+    """kernel(*args, p_start, p_end) over all panels of tiles.NB columns, split into runs of panels over
     the thread budget as BLAS's products are (kernels.matmul: Python threads, each piece taken by
     whichever thread is free, the caller working too; matmul.pieces_for's count, one piece a
     thread). Not numba's prange: on a shared machine a worker that waits for a core holds a
     prange loop up until it has run its share (measured here with 2 threads and the other core
     busy: 3.5 ms instead of 0.6 ms at 64 x 768 x 768), while a piece nobody has started yet is
     taken by the caller."""
-    n_panels = -(-N // (vnni.FNR * 16))
+    n_panels = -(-N // tiles.NB)
     n_threads, n = pieces_for(args[0].shape[0], K, N)
     n = min(n, n_panels)
     if n == 1:
@@ -631,25 +652,25 @@ def _f32_gemm_pieces(kernel, args, N, K):
                lambda job: kernel(*args, *job), n_threads)
 
 
-def _x_tail(x):
-    """The last M % FMR rows of x, then zero rows, as one (FMR, K) tile for vnni.gemm_tile_f32."""
-    tail = np.zeros((vnni.FMR, x.shape[1]), dtype=x.dtype)
-    m_full = x.shape[0] - x.shape[0] % vnni.FMR
+def _x_tail(x, tiles):
+    """The last M % MR rows of x, then zero rows, as one (MR, K) tile for tiles.gemm_tile_f32."""
+    tail = np.zeros((tiles.MR, x.shape[1]), dtype=x.dtype)
+    m_full = x.shape[0] - x.shape[0] % tiles.MR
     tail[:x.shape[0] - m_full] = x[m_full:]
     return tail
 
 
-def _k_block(K, multiple):
+def _k_block(K, multiple, tiles):
     """The k block of the float32 GEMM: all of K if its panel fits PANEL_BYTES, else the largest
     multiple of `multiple` that does (at least one multiple)."""
-    fit = PANEL_BYTES // (4 * vnni.FNR * 16)
+    fit = PANEL_BYTES // (4 * tiles.NB)
     if K <= fit:
         return K
     return max(multiple, fit // multiple * multiple)
 
 
 def _use_f32_gemm(x, N):
-    """The fused dequantizing GEMM for a float32 batch on an AVX-512 CPU (else dequantize + BLAS,
+    """The fused dequantizing GEMM for a float32 batch on an AVX-512 or AVX2 CPU (else dequantize + BLAS,
     which also takes the empty products: K = 0 must give zeros, and the GEMM would write nothing)."""
     return USE_F32_GEMM and x.dtype == np.float32 and x.shape[1] > 0 and N > 0
 
@@ -704,6 +725,32 @@ def _serial_twin(kernel, name):
 _int8_weight_kernel_serial = _serial_twin(_int8_weight_kernel, "_int8_weight_kernel_serial")
 _int4_row_kernel_serial = _serial_twin(_int4_row_kernel, "_int4_row_kernel_serial")
 
+
+
+def _tiles_twin(kernels, tiles, suffix):
+    """The njit functions `kernels` (names, callers after the functions they call) compiled again
+    with f32t = tiles: the weight-only GEMM's driver for another tile shape, from the same source
+    (numba's cache files are named after the function, so each twin has its own name)."""
+    g = dict(globals(), f32t=tiles)
+    for name in kernels:
+        f = globals()[name]
+        twin = types_module.FunctionType(f.py_func.__code__, g, f"{name}_{suffix}", f.py_func.__defaults__,
+                                         f.py_func.__closure__)
+        twin.__qualname__ = f"{name}_{suffix}"
+        options = {k: v for k, v in f.targetoptions.items() if k != "nopython"}  # (njit's own)
+        g[name] = njit(cache=True, **options)(twin)
+    return g
+
+
+_avx2 = _tiles_twin(["_panel_tiles", "_panel_store", "_gemm_buffers", "_pack_int4_columns", "_int8_gemm_f32",
+                     "_int4_gemm_f32"],
+                    vnni.F32_AVX2, "avx2")
+# F32_TILES -> (int8 GEMM, int4 GEMM, tile module). The AVX2 one reads int8 panels by loads, not
+# gathers: AVX2 CPUs' gathers are microcoded (AMD Zen 2/3) or under the Downfall mitigation
+# (Intel Skylake..Tiger Lake clients); measured too few of them to tell them apart by CPU.
+_F32_GEMMS = {"avx512": (_int8_gemm_f32, _int4_gemm_f32, vnni.F32_AVX512),
+              "avx2": (_avx2["_int8_gemm_f32"], _avx2["_int4_gemm_f32"], vnni.F32_AVX2)}
+
 _scratch = threading.local()  # per Python thread: concurrent calls must not share a buffer
 
 
@@ -721,7 +768,7 @@ def _scratch_buffer(shape, dtype):
 def int8_weight_matmul(x, w_q, w_scale):
     """Float activations (M, K) times int8 weights (N, K) with per-channel scales -> (M, N).
 
-    A float32 batch on an AVX-512 CPU (M >= F32_GEMM_MIN_ROWS) runs the float32 GEMM that
+    A float32 batch on an AVX-512 or AVX2 CPU (M >= F32_GEMM_MIN_ROWS) runs the float32 GEMM that
     dequantizes into its panels; otherwise a batch (M >= DEQUANT_MIN_ROWS) dequantizes the weight
     into a reused buffer and lets BLAS multiply (the reference's own two steps); fewer rows run
     the integer loops.
@@ -731,8 +778,10 @@ def int8_weight_matmul(x, w_q, w_scale):
     w_scale = np.ascontiguousarray(w_scale, dtype=x.dtype)
     if x.shape[0] >= F32_GEMM_MIN_ROWS and _use_f32_gemm(x, w_q.shape[0]):
         out = np.empty((x.shape[0], w_q.shape[0]), dtype=x.dtype)
-        args = (x, _x_tail(x), _weight_words(w_q)[1], w_scale, _k_block(x.shape[1], 4), out, USE_GATHER)
-        _f32_gemm_pieces(_int8_gemm_f32, args, out.shape[1], x.shape[1])
+        int8_gemm, _, tiles = _F32_GEMMS[F32_TILES]
+        gather = USE_GATHER and tiles is vnni.F32_AVX512  # AVX2 CPUs: loads (see _F32_GEMMS)
+        args = (x, _x_tail(x, tiles), _weight_words(w_q)[1], w_scale, _k_block(x.shape[1], 4, tiles), out, gather)
+        _f32_gemm_pieces(int8_gemm, tiles, args, out.shape[1], x.shape[1])
         return out
     if x.shape[0] >= DEQUANT_MIN_ROWS:
         w_hat = _scratch_buffer(w_q.shape, x.dtype)  # (N, K)
@@ -757,8 +806,9 @@ def int4_weight_matmul(x, packed, scales, group):
     scales = np.ascontiguousarray(scales, dtype=x.dtype)
     if x.shape[0] >= F32_GEMM_MIN_ROWS and _use_f32_gemm(x, packed.shape[1]):  # a batch: into the GEMM's panels
         out = np.empty((x.shape[0], packed.shape[1]), dtype=x.dtype)
-        _f32_gemm_pieces(_int4_gemm_f32, (x, _x_tail(x), packed, scales, group, _k_block(x.shape[1], group), out),
-                         out.shape[1], x.shape[1])
+        _, int4_gemm, tiles = _F32_GEMMS[F32_TILES]
+        args = (x, _x_tail(x, tiles), packed, scales, group, _k_block(x.shape[1], group, tiles), out)
+        _f32_gemm_pieces(int4_gemm, tiles, args, out.shape[1], x.shape[1])
         return out
     if x.shape[0] >= DEQUANT_MIN_ROWS:  # a batch: dequantize, then BLAS (as int8_weight_matmul)
         w_hat = _scratch_buffer((x.shape[1], packed.shape[1]), x.dtype)  # (K, N)

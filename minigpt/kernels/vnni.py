@@ -23,16 +23,29 @@ Three intrinsics: dot4_u8s8 (one activation row x 4 weight rows, for a few
 rows), gemm_tile_u8s8 (6 rows x 64 channels in registers, for batches; see
 its section) and nibble_rows4_f32, which is not VNNI at all: the int4
 decoding row's inner pass in plain 16-wide LLVM vectors, for any CPU.
-Two more, not VNNI either but AVX-512F (HAS_AVX512F), are the weight-only
-batch product's float32 GEMM: gemm_tile_f32 (6 rows x 64 columns in 24 zmm
-accumulators) and pack_int8_panel_f32 (dequantizes int8 weight rows into its
-panels, 4 k of 16 rows at a time); see their section.
+The weight-only batch product's float32 GEMM, not VNNI either, has three
+intrinsics per tile shape, in a small module per CPU kind: F32_AVX512
+(AVX-512F: 6 rows x 64 columns in 24 zmm accumulators) and F32_AVX2 (AVX2 +
+FMA: 6 rows x 16 columns in 12 ymm), each with gemm_tile_f32 (the register
+tile), pack_int8_panel_f32 (int8 weight rows dequantized into its panels, 4 k
+of LANES rows at a time) and pack_int4_panel_f32 (int4 byte rows, a vector of
+bytes at a time); see their section. F32_TILES names the one this process
+uses: from the CPU features numba compiles for, or forced by the environment
+variable MINIGPT_F32_TILES=avx512 / avx2 / off, read once at import (the
+AVX2 tiles run on AVX-512 CPUs too: that is how they are measured here,
+together with NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=+avx2,+fma so that
+numba compiles for AVX2 alone). The tests reach both shapes without it
+(int_matmul.F32_TILES).
 
 numba's cache (cache=True) keys each kernel on its own source file's
 contents, not on the intrinsics it inlines: after editing this file, delete
 the int_matmul.* files of kernels/__pycache__, or the kernels keep the old
 machine code.
 """
+import os
+import types as types_module
+import warnings
+
 import llvmlite.binding as llvm
 from llvmlite import ir
 from numba import types
@@ -41,6 +54,7 @@ from numba.extending import intrinsic
 
 HAS_VNNI = bool(llvm.get_host_cpu_features().get("avx512vnni", False))
 HAS_AVX512F = bool(llvm.get_host_cpu_features().get("avx512f", False))
+HAS_AVX2_FMA = all(llvm.get_host_cpu_features().get(f, False) for f in ("avx2", "fma"))  # the ymm tiles
 STEP = 64  # bytes per vpdpbusd
 
 
@@ -228,35 +242,50 @@ def nibble_rows4_f32(typingctx, part, packed, r, j0, n, xs):
 # x (M, K) float32 times a weight dequantized from int8 / int4. BLAS would need
 # the whole weight dequantized first (K N floats written to memory and read back
 # by BLAS's own packing); here the weight is dequantized straight into the
-# packed panel the micro-kernel reads, once per panel of FNR * 16 columns, and
-# every FMR rows of x run through that panel. AVX-512F only: the tile holds
-# FMR * FNR = 24 zmm accumulators + FNR panel vectors + a broadcast, which needs
-# the 32 registers of AVX-512 (AVX2's 16 would spill: those CPUs keep
-# dequantize + BLAS). Per k: FNR 64-byte panel loads, FMR broadcasts of x,
-# FMR * FNR FMAs. Measured, one thread, Xeon family 6 model 207, data as in a
-# 512 x 768 x 3072 product: 147 GFLOPS as written, 161 with the panel
-# prefetched PREFETCH_K steps ahead (it streams from L2: panels are K x 256
-# bytes), OpenBLAS sgemm 145-150; 8 x 3 tiles were no faster, 12 x 2 and
-# 14 x 2 slower, unrolling k by 4 slower.
-FMR, FNR = 6, 4
+# packed panel the micro-kernel reads, once per panel of FNR * LANES columns,
+# and every FMR rows of x run through that panel. Two tile shapes (modules
+# F32_AVX512 and F32_AVX2 below, chosen by F32_TILES): with AVX-512, 6 rows x 4
+# zmm of 16 = 24 accumulators + 4 panel vectors + a broadcast of the 32
+# registers; with AVX2 (16 ymm), 6 rows x 2 ymm of 8 = 12 + 2 + 1. Per k: FNR
+# panel loads, FMR broadcasts of x, FMR * FNR FMAs. Measured, one thread, Xeon
+# family 6 model 207, data as in a 512 x 768 x 3072 product: the AVX-512 tiles
+# 147 GFLOPS as written, 161 with the panel prefetched PREFETCH_K steps ahead
+# (it streams from L2: panels are K x 256 bytes), OpenBLAS sgemm 145-150; 8 x 3
+# tiles were no faster, 12 x 2 and 14 x 2 slower, unrolling k by 4 slower. The
+# AVX2 tiles, with numba and OpenBLAS restricted to AVX2 (NUMBA_CPU_NAME=haswell,
+# OPENBLAS_CORETYPE=Haswell: a proxy, not an AVX2 CPU): about 78 GFLOPS, OpenBLAS's
+# Haswell sgemm 78-81 (its peak there); 4 x 3 tiles no faster on the GPT-2
+# shapes and 10% slower where N = 128 (a last panel a third empty), k unrolled
+# by 2 or 4 no faster, k blocks of 128-512 rows (panel in L1) 5-15% slower,
+# prefetching 24 or 64 k ahead no different.
 PREFETCH_K = 8
 
 
-def _f32_vectors(builder):
+def _f32_vectors(builder, lanes):
     f32 = ir.FloatType()
-    return f32, ir.VectorType(f32, 16)
+    return f32, ir.VectorType(f32, lanes)
 
 
-@intrinsic
-def gemm_tile_f32(typingctx, a, a_at, a_rs, panel, kc, c, accumulate):
-    """c[r, :] (+)= sum_{k < kc} a[a_at + r a_rs + k] panel[k, :] for r < FMR: float32, FMAs.
+def _gemm_tile_f32(MR, NR, LANES):
+    """gemm_tile_f32 for tiles of MR rows x NR vectors of LANES float32 (see the tile modules below)."""
 
-    a: 1-D or 2-D float32 C-contiguous (x: a_at = i0 K + k0, a_rs = K, row r of
-    the tile at a_at + r a_rs); panel: float32 C-contiguous, at least kc x
-    (FNR * 16) values, row k = the kc-th slice of the FNR * 16 columns;
-    c: 2-D float32 (FMR, FNR * 16) with unit column stride (rows any stride),
-    overwritten, or added to if accumulate.
-    """
+    @intrinsic
+    def gemm_tile_f32(typingctx, a, a_at, a_rs, panel, kc, c, accumulate):
+        """c[r, :] (+)= sum_{k < kc} a[a_at + r a_rs + k] panel[k, :] for r < MR: float32, FMAs.
+
+        a: 1-D or 2-D float32 C-contiguous (x: a_at = i0 K + k0, a_rs = K, row r of
+        the tile at a_at + r a_rs); panel: float32 C-contiguous, at least kc x
+        (NR * LANES) values, row k = the kc-th slice of the NR * LANES columns;
+        c: 2-D float32 (MR, NR * LANES) with unit column stride (rows any stride),
+        overwritten, or added to if accumulate.
+        """
+        return _tile_codegen(MR, NR, LANES, a, a_at, a_rs, panel, kc, c, accumulate)
+
+    return gemm_tile_f32
+
+
+def _tile_codegen(FMR, FNR, LANES, a, a_at, a_rs, panel, kc, c, accumulate):
+    """The typing and LLVM code of gemm_tile_f32 for one tile shape."""
     sig = types.void(a, a_at, a_rs, panel, kc, c, accumulate)
 
     def codegen(context, builder, signature, args):
@@ -266,18 +295,18 @@ def gemm_tile_f32(typingctx, a, a_at, a_rs, panel, kc, c, accumulate):
         at, rs, kcv = (context.cast(builder, args[i], signature.args[i], types.intp) for i in (1, 2, 4))
         acc_flag = context.cast(builder, args[6], signature.args[6], types.boolean)
         intp = context.get_value_type(types.intp)
-        f32, vf = _f32_vectors(builder)
+        f32, vf = _f32_vectors(builder, LANES)
         i8p, i32, fp = ir.IntType(8).as_pointer(), ir.IntType(32), f32.as_pointer()
-        nb = FNR * 16
+        nb = FNR * LANES
         a_base = builder.gep(builder.bitcast(a_arr.data, fp), [at])
         a_rows = [builder.gep(a_base, [builder.mul(rs, ir.Constant(intp, r))]) for r in range(FMR)]
         p_base = builder.bitcast(p_arr.data, fp)
         c_base, c_stride = builder.bitcast(c_arr.data, i8p), builder.extract_value(c_arr.strides, 0)
         c_vecs = [[builder.bitcast(builder.gep(builder.bitcast(builder.gep(c_base, [builder.mul(ir.Constant(intp, r),
                                                                                                  c_stride)]), fp),
-                                               [ir.Constant(intp, 16 * n)]), vf.as_pointer())
+                                               [ir.Constant(intp, LANES * n)]), vf.as_pointer())
                    for n in range(FNR)] for r in range(FMR)]
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf, vf, vf]), "llvm.fma.v16f32")
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf, vf, vf]), f"llvm.fma.v{LANES}f32")
         prefetch = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
                                                   "llvm.prefetch.p0i8")
         accs = [[cgutils.alloca_once_value(builder, ir.Constant(vf, None)) for _ in range(FNR)] for _ in range(FMR)]
@@ -285,16 +314,15 @@ def gemm_tile_f32(typingctx, a, a_at, a_rs, panel, kc, c, accumulate):
             for r in range(FMR):
                 for n in range(FNR):
                     builder.store(builder.load(c_vecs[r][n], align=4), accs[r][n])
-        splat_idx = ir.Constant(ir.VectorType(i32, 16), None)
+        splat_idx = ir.Constant(ir.VectorType(i32, LANES), None)
 
-        with cgutils.for_range(builder, kcv, intp=intp) as loop:
-            k = loop.index
+        def step(k):  # one k: FNR panel vectors, FMR broadcasts, FMR * FNR FMAs
             p_k = builder.gep(p_base, [builder.mul(k, ir.Constant(intp, nb))])
-            for n in range(nb // 16):  # one 64-byte line a vector: the panel rows PREFETCH_K ahead
+            for n in range(nb // 16):  # one a 64-byte line (16 floats): the panel rows PREFETCH_K ahead
                 builder.call(prefetch, [builder.bitcast(builder.gep(p_k, [ir.Constant(intp, PREFETCH_K * nb + 16 * n)]),
                                                         i8p), ir.Constant(i32, 0), ir.Constant(i32, 3),
                                         ir.Constant(i32, 1)])
-            bv = [builder.load(builder.bitcast(builder.gep(p_k, [ir.Constant(intp, 16 * n)]), vf.as_pointer()),
+            bv = [builder.load(builder.bitcast(builder.gep(p_k, [ir.Constant(intp, LANES * n)]), vf.as_pointer()),
                                align=4) for n in range(FNR)]
             for r in range(FMR):
                 s = builder.load(builder.gep(a_rows[r], [k]))
@@ -303,6 +331,9 @@ def gemm_tile_f32(typingctx, a, a_at, a_rs, panel, kc, c, accumulate):
                                                ir.Constant(vf, ir.Undefined), splat_idx)
                 for n in range(FNR):
                     builder.store(builder.call(fma, [splat, bv[n], builder.load(accs[r][n])]), accs[r][n])
+
+        with cgutils.for_range(builder, kcv, intp=intp) as loop:
+            step(loop.index)
 
         for r in range(FMR):
             for n in range(FNR):
@@ -327,81 +358,193 @@ def _gathers_are_fast():
 FAST_GATHER = _gathers_are_fast()
 
 
-@intrinsic
-def pack_int8_panel_f32(typingctx, w32, offsets, k4_0, k4_n, scale, panel, gather):
-    """panel[4 (k4 - k4_0) + b, c] = float32(byte b of w32.flat[offsets[c] + k4]) * scale[c]
-    for k4_0 <= k4 < k4_0 + k4_n, b < 4, c < FNR * 16: int8 weight rows (N, K) dequantized and
-    transposed into gemm_tile_f32's panel, 4 k at a time.
+def _pack_int8_panel_f32(FNR, LANES):
+    """pack_int8_panel_f32 for panels of FNR vectors of LANES float32 (see the tile modules below)."""
 
-    w32: the int8 rows as int32 (4 bytes, k = 4 k4 .. 4 k4 + 3, little-endian), C-contiguous;
-    offsets: int64 (FNR * 16,), the element offset of column c's row in w32 (a valid row for every
-    c: the caller repeats the last row past N and gives it scale 0); scale: float32 (FNR * 16,).
-    16 rows' 4 bytes (one gather if `gather`, else 16 loads put together: FAST_GATHER says which)
-    give 4 panel vectors: byte b sign-extended by two shifts. Measured here (Emerald Rapids, no
-    gather mitigation), 768 x 3072 weights: 0.35 ms with gathers, 0.55 ms with the loads.
-    """
-    sig = types.void(w32, offsets, k4_0, k4_n, scale, panel, gather)
+    @intrinsic
+    def pack_int8_panel_f32(typingctx, w32, offsets, k4_0, k4_n, scale, panel, gather):
+        """panel[4 (k4 - k4_0) + b, c] = float32(byte b of w32.flat[offsets[c] + k4]) * scale[c]
+        for k4_0 <= k4 < k4_0 + k4_n, b < 4, c < FNR * LANES: int8 weight rows (N, K) dequantized and
+        transposed into gemm_tile_f32's panel, 4 k at a time.
 
-    def codegen(context, builder, signature, args):
-        w_arr, o_arr, s_arr, p_arr = (context.make_array(signature.args[i])(context, builder, args[i])
-                                      for i in (0, 1, 4, 5))
-        k0v, knv = (context.cast(builder, args[i], signature.args[i], types.intp) for i in (2, 3))
-        use_gather = context.cast(builder, args[6], signature.args[6], types.boolean)
-        intp = context.get_value_type(types.intp)
-        f32, vf = _f32_vectors(builder)
-        i1, i32, i64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
-        v16i, v16l = ir.VectorType(i32, 16), ir.VectorType(i64, 16)
-        ptrs_t = ir.VectorType(i32.as_pointer(), 16)
-        nb = FNR * 16
-        gather = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(v16i, [ptrs_t, i32, ir.VectorType(i1, 16), v16i]),
-            "llvm.masked.gather.v16i32.v16p0i32")
-        all_on = ir.Constant(ir.VectorType(i1, 16), [1] * 16)
+        w32: the int8 rows as int32 (4 bytes, k = 4 k4 .. 4 k4 + 3, little-endian), C-contiguous;
+        offsets: int64 (FNR * LANES,), the element offset of column c's row in w32 (a valid row for every
+        c: the caller repeats the last row past N and gives it scale 0); scale: float32 (FNR * LANES,).
+        LANES rows' 4 bytes (one gather if `gather`, else LANES loads put together: FAST_GATHER says
+        which, for AVX-512) give 4 panel vectors: byte b sign-extended by two shifts. Measured here (Emerald Rapids, no
+        gather mitigation), 768 x 3072 weights: 0.35 ms with gathers, 0.55 ms with the loads.
+        """
+        sig = types.void(w32, offsets, k4_0, k4_n, scale, panel, gather)
 
-        def splat64(v):
-            return builder.shuffle_vector(builder.insert_element(ir.Constant(v16l, ir.Undefined), v,
-                                                                 ir.Constant(i32, 0)),
-                                          ir.Constant(v16l, ir.Undefined), ir.Constant(v16i, None))
+        def codegen(context, builder, signature, args):
+            w_arr, o_arr, s_arr, p_arr = (context.make_array(signature.args[i])(context, builder, args[i])
+                                          for i in (0, 1, 4, 5))
+            k0v, knv = (context.cast(builder, args[i], signature.args[i], types.intp) for i in (2, 3))
+            use_gather = context.cast(builder, args[6], signature.args[6], types.boolean)
+            intp = context.get_value_type(types.intp)
+            f32, vf = _f32_vectors(builder, LANES)
+            i1, i32, i64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
+            vi, vl = ir.VectorType(i32, LANES), ir.VectorType(i64, LANES)
+            ptrs_t = ir.VectorType(i32.as_pointer(), LANES)
+            nb = FNR * LANES
+            gather = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vi, [ptrs_t, i32, ir.VectorType(i1, LANES), vi]),
+                f"llvm.masked.gather.v{LANES}i32.v{LANES}p0i32")
+            all_on = ir.Constant(ir.VectorType(i1, LANES), [1] * LANES)
 
-        base = splat64(builder.ptrtoint(w_arr.data, i64))
-        o_ptr = builder.bitcast(o_arr.data, v16l.as_pointer())
-        s_ptr = builder.bitcast(s_arr.data, vf.as_pointer())
-        # byte addresses of each column's row; scales: loaded once
-        rows = [builder.add(base, builder.shl(builder.load(builder.gep(o_ptr, [ir.Constant(intp, n)]), align=8),
-                                              ir.Constant(v16l, [2] * 16))) for n in range(FNR)]
-        scales = [builder.load(builder.gep(s_ptr, [ir.Constant(intp, n)]), align=4) for n in range(FNR)]
-        p_base = builder.bitcast(p_arr.data, f32.as_pointer())
+            def splat64(v):
+                return builder.shuffle_vector(builder.insert_element(ir.Constant(vl, ir.Undefined), v,
+                                                                     ir.Constant(i32, 0)),
+                                              ir.Constant(vl, ir.Undefined), ir.Constant(vi, None))
 
-        def words_by_gather(addrs):
-            ptrs = builder.inttoptr(addrs, ptrs_t)
-            return builder.call(gather, [ptrs, ir.Constant(i32, 4), all_on, ir.Constant(v16i, None)])
+            base = splat64(builder.ptrtoint(w_arr.data, i64))
+            o_ptr = builder.bitcast(o_arr.data, vl.as_pointer())
+            s_ptr = builder.bitcast(s_arr.data, vf.as_pointer())
+            # byte addresses of each column's row; scales: loaded once
+            rows = [builder.add(base, builder.shl(builder.load(builder.gep(o_ptr, [ir.Constant(intp, n)]), align=8),
+                                                  ir.Constant(vl, [2] * LANES))) for n in range(FNR)]
+            scales = [builder.load(builder.gep(s_ptr, [ir.Constant(intp, n)]), align=4) for n in range(FNR)]
+            p_base = builder.bitcast(p_arr.data, f32.as_pointer())
 
-        def words_by_loads(addrs):
-            words = ir.Constant(v16i, ir.Undefined)
-            for c in range(16):
-                a = builder.inttoptr(builder.extract_element(addrs, ir.Constant(i32, c)), i32.as_pointer())
-                words = builder.insert_element(words, builder.load(a, align=4), ir.Constant(i32, c))
-            return words
+            def words_by_gather(addrs):
+                ptrs = builder.inttoptr(addrs, ptrs_t)
+                return builder.call(gather, [ptrs, ir.Constant(i32, 4), all_on, ir.Constant(vi, None)])
 
-        def k_loop(load_words):
-            with cgutils.for_range(builder, knv, intp=intp) as loop:
-                k = loop.index
-                step = splat64(builder.shl(builder.add(k0v, k), ir.Constant(i64, 2)))  # bytes into each row
-                p_k = builder.gep(p_base, [builder.mul(k, ir.Constant(intp, 4 * nb))])
-                for n in range(FNR):
-                    words = load_words(builder.add(rows[n], step))
-                    for b in range(4):
-                        q = builder.ashr(builder.shl(words, ir.Constant(v16i, [24 - 8 * b] * 16)),
-                                         ir.Constant(v16i, [24] * 16))
-                        v = builder.fmul(builder.sitofp(q, vf), scales[n])
-                        dst = builder.gep(p_k, [ir.Constant(intp, b * nb + 16 * n)])
-                        builder.store(v, builder.bitcast(dst, vf.as_pointer()), align=4)
+            def words_by_loads(addrs):
+                words = ir.Constant(vi, ir.Undefined)
+                for c in range(LANES):
+                    a = builder.inttoptr(builder.extract_element(addrs, ir.Constant(i32, c)), i32.as_pointer())
+                    words = builder.insert_element(words, builder.load(a, align=4), ir.Constant(i32, c))
+                return words
 
-        with builder.if_else(use_gather) as (then, otherwise):
-            with then:
-                k_loop(words_by_gather)
-            with otherwise:
-                k_loop(words_by_loads)
-        return context.get_dummy_value()
+            def k_loop(load_words):
+                with cgutils.for_range(builder, knv, intp=intp) as loop:
+                    k = loop.index
+                    step = splat64(builder.shl(builder.add(k0v, k), ir.Constant(i64, 2)))  # bytes into each row
+                    p_k = builder.gep(p_base, [builder.mul(k, ir.Constant(intp, 4 * nb))])
+                    for n in range(FNR):
+                        words = load_words(builder.add(rows[n], step))
+                        for b in range(4):
+                            q = builder.ashr(builder.shl(words, ir.Constant(vi, [24 - 8 * b] * LANES)),
+                                             ir.Constant(vi, [24] * LANES))
+                            v = builder.fmul(builder.sitofp(q, vf), scales[n])
+                            dst = builder.gep(p_k, [ir.Constant(intp, b * nb + LANES * n)])
+                            builder.store(v, builder.bitcast(dst, vf.as_pointer()), align=4)
 
-    return sig, codegen
+            with builder.if_else(use_gather) as (then, otherwise):
+                with then:
+                    k_loop(words_by_gather)
+                with otherwise:
+                    k_loop(words_by_loads)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return pack_int8_panel_f32
+
+
+
+def _pack_int4_panel_f32(FNR, LANES):
+    """pack_int4_panel_f32 for panels of FNR vectors of LANES float32 (see the tile modules below)."""
+
+    @intrinsic
+    def pack_int4_panel_f32(typingctx, packed, scales, g0, g1, half, j0, panel):
+        """panel[(g - g0) 2 half + t, c] = (lo(packed[g half + t, j0 + c]) - 8) * scales[g, j0 + c] and
+        panel[(g - g0) 2 half + half + t, c] = (hi(...) - 8) * scales[g, j0 + c], for g0 <= g < g1,
+        t < half, c < FNR * LANES: whole groups of int4 weights (K/2, N) dequantized into gemm_tile_f32's
+        panel, value for value as int_matmul_ref.dequantize_int4 (the nibble - 8 is exact in float32,
+        then one rounding by the scale). packed: 2-D uint8, scales: 2-D float32, both with unit column
+        stride; every column j0 .. j0 + FNR LANES - 1 must exist (the caller packs a last, narrower
+        panel itself). A vector of LANES bytes a step: numba's loop over the columns of a 16-wide
+        AVX2 panel spent more on its slices and alias checks than on the conversions.
+        """
+        sig = types.void(packed, scales, g0, g1, half, j0, panel)
+
+        def codegen(context, builder, signature, args):
+            q_arr, s_arr, p_arr = (context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 1, 6))
+            g0v, g1v, hv, j0v = (context.cast(builder, args[i], signature.args[i], types.intp) for i in (2, 3, 4, 5))
+            intp = context.get_value_type(types.intp)
+            f32, vf = _f32_vectors(builder, LANES)
+            i8, i32 = ir.IntType(8), ir.IntType(32)
+            vb, vi = ir.VectorType(i8, LANES), ir.VectorType(i32, LANES)
+            i8p = i8.as_pointer()
+            nb = FNR * LANES
+            q_base = builder.gep(builder.bitcast(q_arr.data, i8p), [j0v])
+            s_base = builder.gep(builder.bitcast(s_arr.data, i8p), [builder.mul(j0v, ir.Constant(intp, 4))])
+            q_stride, s_stride = (builder.extract_value(arr.strides, 0) for arr in (q_arr, s_arr))
+            p_base = builder.bitcast(p_arr.data, f32.as_pointer())
+            mask, four = ir.Constant(vi, [15] * LANES), ir.Constant(vi, [4] * LANES)
+            eight = ir.Constant(vf, [8.0] * LANES)
+            two_half = builder.mul(hv, ir.Constant(intp, 2))
+            with cgutils.for_range_slice(builder, g0v, g1v, ir.Constant(intp, 1), intp=intp) as (g, _):
+                s_row = builder.gep(s_base, [builder.mul(g, s_stride)])
+                sv = [builder.load(builder.bitcast(builder.gep(s_row, [ir.Constant(intp, 4 * LANES * n)]),
+                                                   vf.as_pointer()), align=4) for n in range(FNR)]
+                p_g = builder.gep(p_base, [builder.mul(builder.mul(builder.sub(g, g0v), two_half),
+                                                       ir.Constant(intp, nb))])
+                with cgutils.for_range(builder, hv, intp=intp) as loop:
+                    t = loop.index
+                    q_row = builder.gep(q_base, [builder.mul(builder.add(builder.mul(g, hv), t), q_stride)])
+                    p_lo = builder.gep(p_g, [builder.mul(t, ir.Constant(intp, nb))])
+                    p_hi = builder.gep(p_lo, [builder.mul(hv, ir.Constant(intp, nb))])
+                    for n in range(FNR):
+                        b = builder.load(builder.bitcast(builder.gep(q_row, [ir.Constant(intp, LANES * n)]),
+                                                         vb.as_pointer()), align=1)
+                        u = builder.zext(b, vi)
+                        for dst, nib in ((p_lo, builder.and_(u, mask)), (p_hi, builder.lshr(u, four))):
+                            v = builder.fmul(builder.fsub(builder.uitofp(nib, vf), eight), sv[n])
+                            ptr = builder.gep(dst, [ir.Constant(intp, LANES * n)])
+                            builder.store(v, builder.bitcast(ptr, vf.as_pointer()), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return pack_int4_panel_f32
+
+# ------------------------------------------------ the tile shapes, one per CPU kind
+# The weight-only GEMM's driver (int_matmul._int8_gemm_f32 / _int4_gemm_f32) reads its tile shape and
+# intrinsics from one of these modules (numba resolves a module's attributes when it compiles), and
+# int_matmul compiles the driver once per module, so both tile shapes are there on any CPU.
+# AVX-512: 6 rows x 4 zmm (64 columns) = 24 accumulators + 4 panel vectors + a broadcast of the 32.
+# AVX2 (16 ymm): 6 rows x 2 ymm (16 columns) = 12 accumulators + 2 panel vectors + a broadcast = 15;
+# 4 x 3 (24 columns) would need all 16 (AVX2 has no broadcast operand for an FMA, so the broadcast
+# takes a register) and leave LLVM none to spare. 6 x 2 loads 2 panel vectors and 6 broadcasts
+# per 12 FMAs, 4 x 3 3 and 4: the same 8 loads a k, and its panel row is one 64-byte line.
+
+
+def _tile_module(name, MR, NR, LANES):
+    """A module holding one tile shape: MR rows x NR vectors of LANES float32 (NB = NR LANES columns)."""
+    m = types_module.ModuleType(f"{__name__}.f32_{name}", f"The weight-only GEMM's {name} tiles.")
+    m.NAME, m.MR, m.NR, m.LANES, m.NB = name, MR, NR, LANES, NR * LANES
+    m.gemm_tile_f32 = _gemm_tile_f32(MR, NR, LANES)
+    m.pack_int8_panel_f32 = _pack_int8_panel_f32(NR, LANES)
+    m.pack_int4_panel_f32 = _pack_int4_panel_f32(NR, LANES)
+    return m
+
+
+F32_AVX512 = _tile_module("avx512", 6, 4, 16)
+F32_AVX2 = _tile_module("avx2", 6, 2, 8)
+
+
+def _f32_tiles_choice():
+    """Which tiles this CPU gets ("avx512", "avx2", or None: no fused GEMM): MINIGPT_F32_TILES if set
+    ("avx512", "avx2" or "off"), else the features numba compiles for (NUMBA_CPU_FEATURES, which
+    kernels/__init__.py sets on AVX-512 CPUs, else the host's). AVX-512F for the zmm tiles; AVX2 and
+    FMA for the ymm ones."""
+    forced = os.environ.get("MINIGPT_F32_TILES", "").strip().lower()
+    if forced in ("avx512", "avx2"):
+        return forced
+    if forced == "off":
+        return None
+    if forced:
+        warnings.warn(f"MINIGPT_F32_TILES={forced!r} is none of avx512, avx2, off: ignored")
+    features = os.environ.get("NUMBA_CPU_FEATURES") or llvm.get_host_cpu_features().flatten()
+    on = {f[1:] for f in features.split(",") if f.startswith("+")}
+    if "avx512f" in on:
+        return "avx512"
+    if {"avx2", "fma"} <= on:
+        return "avx2"
+    return None
+
+
+F32_TILES = _f32_tiles_choice()
