@@ -16,7 +16,8 @@ from minigpt.layers import attention as ratt
 from minigpt.layers import gelu as rgelu
 from minigpt.layers import layernorm as rln
 
-DISPATCHERS = [katt._forward_kernel, katt._backward_kernel, kgelu._gelu_forward_kernel,
+DISPATCHERS = [katt._forward_kernel, katt._backward_kernel, katt._decode_kernel, katt._decode_kernel_serial,
+               kgelu._gelu_forward_kernel,
                kgelu._gelu_forward_kernel_serial,
                kgelu._gelu_backward_kernel, kln._forward_kernel, kln._backward_kernel,
                kln._forward_kernel_serial, kln._backward_kernel_serial]

@@ -47,6 +47,13 @@ def _model_kernel_calls(dtype):
     q, k, v = (rng.standard_normal((1, 2, 5, 4)).astype(dtype) for _ in range(3))  # (B, H, T, D)
     out, cache = attention_forward(q, k, v)
     attention_backward(np.ones_like(out), cache)
+    attention_forward(q[:, :, -1:], k, v)  # one query row: a decoding step's kernel (its serial twin)
+    from . import attention as attention_kernels
+
+    kT = np.ascontiguousarray(k.swapaxes(2, 3))  # (B, H, D, T): the layout a KV cache keeps
+    vT = np.ascontiguousarray(v.swapaxes(2, 3))
+    attention_kernels._decode_kernel(q[:, :, -1:].copy(), kT, vT, k.shape[2], q.dtype.type(0.5),
+                                     np.empty_like(q[:, :, -1:]), 1)  # a long context's threaded path
     x = rng.standard_normal((2, 3, 8)).astype(dtype)  # (B, T, C)
     y, cache = gelu_forward(x)  # a small call: the kernel's serial twin (decoding's path)
     x2 = x.reshape(-1, 8)
