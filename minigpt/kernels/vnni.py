@@ -52,7 +52,16 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-HAS_VNNI = bool(llvm.get_host_cpu_features().get("avx512vnni", False))
+
+def _numba_features():
+    """The CPU features numba compiles for: NUMBA_CPU_FEATURES where set (kernels/__init__.py sets it
+    on AVX-512 CPUs; set by hand, it restricts numba, e.g. to AVX2), else the host's; the '+' ones."""
+    features = os.environ.get("NUMBA_CPU_FEATURES") or llvm.get_host_cpu_features().flatten()
+    return {f[1:] for f in features.split(",") if f.startswith("+")}
+
+
+# VNNI where numba may emit it (with numba restricted to fewer features LLVM could not compile vpdpbusd)
+HAS_VNNI = bool(llvm.get_host_cpu_features().get("avx512vnni", False)) and "avx512vnni" in _numba_features()
 HAS_AVX512F = bool(llvm.get_host_cpu_features().get("avx512f", False))
 HAS_AVX2_FMA = all(llvm.get_host_cpu_features().get(f, False) for f in ("avx2", "fma"))  # the ymm tiles
 STEP = 64  # bytes per vpdpbusd
@@ -538,8 +547,7 @@ def _f32_tiles_choice():
         return None
     if forced:
         warnings.warn(f"MINIGPT_F32_TILES={forced!r} is none of avx512, avx2, off: ignored")
-    features = os.environ.get("NUMBA_CPU_FEATURES") or llvm.get_host_cpu_features().flatten()
-    on = {f[1:] for f in features.split(",") if f.startswith("+")}
+    on = _numba_features()
     if "avx512f" in on:
         return "avx512"
     if {"avx2", "fma"} <= on:
