@@ -529,7 +529,8 @@ def _panel_tiles(x, x_tail, panel, k0, kc, out, cbuf, j0, nb, accumulate):
     """out[:, j0:j0 + nb] (+)= x[:, k0:k0 + kc] @ panel[:kc, :nb], FMR rows at a time (f32t.gemm_tile_f32).
 
     Rows of a full tile and a full panel go straight to out; the rest (the last M % FMR rows,
-    copied into x_tail (FMR, K) with zero rows after them, and every row when nb < the panel's
+    copied into x_tail (FMR, K) with zero rows after them and run in a tile of 2, 4 or FMR rows,
+    and every row when nb < the panel's
     width) to cbuf (FMR * ceil(M / FMR), panel width), at the same rows, for _panel_store."""
     M, K = x.shape
     m_full = M - M % f32t.MR
@@ -538,7 +539,12 @@ def _panel_tiles(x, x_tail, panel, k0, kc, out, cbuf, j0, nb, accumulate):
             f32t.gemm_tile_f32(x, i0 * K + k0, K, panel, kc, out[i0:i0 + f32t.MR, j0:j0 + nb], accumulate)
         else:
             f32t.gemm_tile_f32(x, i0 * K + k0, K, panel, kc, cbuf[i0:i0 + f32t.MR], accumulate)
-    if m_full < M:
+    rest = M - m_full  # in a tile of 2, 4 or MR rows (x_tail's first rows)
+    if 0 < rest <= 2:
+        f32t.gemm_tile_f32_2(x_tail, k0, K, panel, kc, cbuf[m_full:m_full + 2], accumulate)
+    elif 2 < rest <= 4:
+        f32t.gemm_tile_f32_4(x_tail, k0, K, panel, kc, cbuf[m_full:m_full + 4], accumulate)
+    elif rest > 4:
         f32t.gemm_tile_f32(x_tail, k0, K, panel, kc, cbuf[m_full:m_full + f32t.MR], accumulate)
 
 

@@ -15,9 +15,9 @@ so the caller subtracts 128 * (row sum of w). Products of a u8 and an s8
 fit in int16 pairs without saturation (vpdpbusd sums four of them into
 int32 directly), so the result is exact.
 
-Only used when llvmlite reports the host has 'avx512vnni' (see HAS_VNNI);
-the kernel that calls the intrinsic is compiled on first use only, so other
-CPUs never see the instruction.
+Only used when llvmlite reports the host has 'avx512vnni' and numba may
+compile for it (see HAS_VNNI); the kernel that calls the intrinsic is
+compiled on first use only, so other CPUs never see the instruction.
 
 Three intrinsics: dot4_u8s8 (one activation row x 4 weight rows, for a few
 rows), gemm_tile_u8s8 (6 rows x 64 channels in registers, for batches; see
@@ -526,6 +526,9 @@ def _tile_module(name, MR, NR, LANES):
     m = types_module.ModuleType(f"{__name__}.f32_{name}", f"The weight-only GEMM's {name} tiles.")
     m.NAME, m.MR, m.NR, m.LANES, m.NB = name, MR, NR, LANES, NR * LANES
     m.gemm_tile_f32 = _gemm_tile_f32(MR, NR, LANES)
+    # the last M % MR rows: 2- and 4-row tiles, so that at most one row of zeros is multiplied (512 rows
+    # in 6-row tiles would otherwise compute 516)
+    m.gemm_tile_f32_2, m.gemm_tile_f32_4 = _gemm_tile_f32(2, NR, LANES), _gemm_tile_f32(4, NR, LANES)
     m.pack_int8_panel_f32 = _pack_int8_panel_f32(NR, LANES)
     m.pack_int4_panel_f32 = _pack_int4_panel_f32(NR, LANES)
     return m
