@@ -181,9 +181,10 @@ def _assert_float32_product(got, x, w_hat):
 
 
 # The float32 GEMM of the batch path: M around its 6-row tiles (fewer rows than one tile, one,
-# past one and not a multiple: the last M % 6 = 1 .. 5 rows run in tiles of 2, 4 and 6), N around its 64-column panels and 16-column vectors, K not a
-# multiple of int8's 4-byte gathers, int4 groups 32 / 64 / 128 with K = one group; k_block forces
-# the k blocks (panel rows): K in one block, several, and a last block shorter than the others.
+# past one and not a multiple: the last M % 6 = 1 .. 5 rows run in tiles of 2, 4 and 6), N around
+# its panels (64 columns, AVX2's 16) and vectors (16, 8), K not a multiple of int8's 4-byte words,
+# int4 groups 32 / 64 / 128 with K = one group; k_block forces the k blocks (panel rows): K in one
+# block, several, and a last block shorter than the others.
 F32_GEMM_CASES = [(1, 3, 1, 32), (5, 37, 70, 32), (6, 64, 64, 64), (7, 130, 129, 32), (13, 256, 200, 128),
                   (28, 128, 16, 128), (21, 96, 65, 32), (8, 64, 300, 32)]
 
