@@ -37,7 +37,7 @@ def _reference_ops() -> dict:
 
 
 def _numba_ops() -> dict:
-    from .kernels.attention import attention_backward, attention_forward
+    from .kernels.attention import ATTENTION
     from .kernels.gelu import gelu_backward, gelu_forward
     from .kernels.int_matmul import int4_weight_matmul, int8_weight_matmul, quantized_linear_int8
     from .kernels.layernorm import layernorm_backward, layernorm_forward
@@ -45,7 +45,7 @@ def _numba_ops() -> dict:
     from .kernels.sparse import sparse_matmul
 
     return {
-        "attention": (attention_forward, attention_backward),
+        "attention": ATTENTION,  # the pair, which also runs on the packed qkv (AttentionKernel)
         "gelu": (gelu_forward, gelu_backward),
         "layernorm": (layernorm_forward, layernorm_backward),
         "linear": (linear_forward, linear_backward),  # BLAS products split over one passive thread pool

@@ -1,4 +1,6 @@
 """The model computes the same numbers with the numpy and the numba backend."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -33,6 +35,26 @@ def test_training_losses_agree(dtype, tol):
     assert [s for s, _ in a.train_losses] == [s for s, _ in b.train_losses]
     np.testing.assert_allclose([x for _, x in b.train_losses], [x for _, x in a.train_losses], rtol=tol)
     np.testing.assert_allclose([x for _, x in b.val_losses], [x for _, x in a.val_losses], rtol=tol)
+
+
+# One forward and backward: float64 differs by rounding only (~1e-15 an op;
+# 1e-9 leaves room for the cancellation in small gradients); float32 by a
+# few ulps of each op (~1e-7) growing through the layers, so 1e-4 relative
+# of the largest entry of each gradient.
+@pytest.mark.parametrize("dtype, tol", [("float64", 1e-9), ("float32", 1e-4)])
+def test_gradients_agree(dtype, tol):
+    tok, cfg, ds, _ = _setup(dtype)
+    cfg = dataclasses.replace(cfg, dropout=0.0)
+    x, y = ds.get_batch("train", 4, np.random.default_rng(2))
+    grads = {}
+    for backend in ("numpy", "numba"):
+        model = GPT(cfg, seed=0, backend=backend, tokenizer=tok)
+        model.forward(x, y)
+        grads[backend] = model.backward()
+    for name, ref in grads["numpy"].items():
+        got = grads["numba"][name]
+        assert got.dtype == ref.dtype, name
+        np.testing.assert_allclose(got, ref, rtol=0, atol=tol * np.abs(ref).max(), err_msg=name)
 
 
 def test_generation_with_kv_cache_agrees():

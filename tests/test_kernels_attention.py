@@ -5,10 +5,12 @@ import pytest
 from minigpt.gradcheck import check_op
 from numba import njit
 
-from minigpt.kernels.attention import (BLOCK, _forward_kernel, _keys_along_rows, _row_max, attention_backward,
-                                       attention_forward)
+from minigpt.kernels.attention import (BLOCK, _forward_kernel, _keys_along_rows, _layout, _row_max,
+                                       attention_backward, attention_backward_qkv, attention_forward,
+                                       attention_forward_qkv)
 from minigpt.kernels.fastexp import fexp_array
-from minigpt.layers.attention import causal_attention_backward, causal_attention_forward
+from minigpt.layers.attention import causal_attention_backward, causal_attention_forward, merge_heads
+from minigpt.layers.attention import multihead_attention_backward, multihead_attention_forward, split_heads
 from minigpt.ops import op_table
 
 # Both sides round differently (blocked online softmax, polynomial exp, other
@@ -95,10 +97,11 @@ def test_forward_does_not_depend_on_the_thread_split():
     # every thread takes every n-th (batch, head) task with its own scratch:
     # the result must be the same bits whatever the number of chunks
     q, k, v, _ = _inputs((3, 2, 37, 37, 8), np.float32)
+    rows = [a.reshape(6, 37, 8) for a in (q, k, v)]  # (B H, T, D), the kernel's view
     outs = []
     for n_threads in (1, 2, 5, 64):
-        out = np.empty_like(q)
-        _forward_kernel(q, k, v, np.float32(8 ** -0.5), out, n_threads)
+        out = np.empty_like(rows[0])
+        _forward_kernel(*rows, 2, 8, _layout(2, 8, False), np.float32(8 ** -0.5), out, n_threads)
         outs.append(out)
     for out in outs[1:]:
         assert np.array_equal(out, outs[0])
@@ -198,3 +201,86 @@ def test_decoding_step_above_small_work_uses_the_parallel_kernel():
     out, _ = attention_forward(q, *cache)
     ref, _ = causal_attention_forward(q, k, v)
     np.testing.assert_allclose(out, ref, rtol=TOL[np.float32], atol=TOL[np.float32])
+
+
+# ------------------------------------------------ the packed layout, qkv (B, T, 3C)
+# (B, H, T, D): T=1, one head, head size 1, T past LANES / EXP_CHUNK and past one BLOCK, odd sizes
+PACKED_SHAPES = [(1, 1, 1, 1), (2, 3, 7, 5), (3, 2, 6, 1), (2, 4, 65, 32), (1, 2, BLOCK + 37, 4), (2, 1, 17, 8)]
+
+
+def _packed_reference(qkv, dout, H):
+    """out (B, T, C) and dqkv (B, T, 3C) of the reference core on split heads."""
+    C = qkv.shape[2] // 3
+    q, k, v = (split_heads(qkv[..., j * C:(j + 1) * C], H) for j in range(3))  # (B, H, T, D)
+    out, cache = causal_attention_forward(q, k, v)
+    grads = causal_attention_backward(split_heads(dout, H), cache)
+    return merge_heads(out), np.concatenate([merge_heads(g) for g in grads], axis=-1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", PACKED_SHAPES)
+def test_packed_qkv_matches_the_reference_on_split_heads(shape, dtype):
+    # the kernels reading q, k, v straight out of qkv and writing out and dqkv
+    # in place give what the reference gives on the split heads (the same
+    # arithmetic as the (B, H, T, D) path, so the same tolerance: TOL)
+    B, H, T, D = shape
+    rng = np.random.default_rng(5)
+    qkv = rng.standard_normal((B, T, 3 * H * D)).astype(dtype)
+    dout = rng.standard_normal((B, T, H * D)).astype(dtype)
+    out, cache = attention_forward_qkv(qkv, H)
+    dqkv = attention_backward_qkv(dout, cache)
+    ref_out, ref_dqkv = _packed_reference(qkv, dout, H)
+    assert out.dtype == dqkv.dtype == dtype and out.shape == ref_out.shape and dqkv.shape == qkv.shape
+    np.testing.assert_allclose(out, ref_out, rtol=TOL[dtype], atol=TOL[dtype])
+    np.testing.assert_allclose(dqkv, ref_dqkv, rtol=TOL[dtype], atol=TOL[dtype])
+
+
+def test_packed_qkv_equals_the_split_kernel_bit_for_bit():
+    # the same kernels over the same numbers in the same order, only indexed
+    # differently: no rounding may differ between the two layouts
+    B, H, T, D = 2, 4, 37, 8
+    rng = np.random.default_rng(6)
+    qkv = rng.standard_normal((B, T, 3 * H * D)).astype(np.float32)
+    dout = rng.standard_normal((B, T, H * D)).astype(np.float32)
+    C = H * D
+    q, k, v = (np.ascontiguousarray(split_heads(qkv[..., j * C:(j + 1) * C], H)) for j in range(3))
+    out, cache = attention_forward(q, k, v)
+    grads = attention_backward(np.ascontiguousarray(split_heads(dout, H)), cache)
+    p_out, p_cache = attention_forward_qkv(qkv, H)
+    np.testing.assert_array_equal(p_out, merge_heads(out))
+    np.testing.assert_array_equal(attention_backward_qkv(dout, p_cache),
+                                  np.concatenate([merge_heads(g) for g in grads], axis=-1))
+
+
+def test_packed_qkv_against_finite_differences():
+    # float64: the centred difference's O(h^2) error and rounding stay near 1e-9
+    qkv = np.random.default_rng(8).standard_normal((2, 5, 3 * 2 * 3))
+    errors = check_op(attention_forward_qkv, attention_backward_qkv, [qkv, 2])
+    assert max(errors) < 1e-7, errors
+
+
+def test_packed_qkv_rejects_a_width_that_is_not_three_heads():
+    with pytest.raises(ValueError):
+        attention_forward_qkv(np.zeros((1, 3, 10)), 2)
+    with pytest.raises(ValueError):
+        attention_forward_qkv(np.zeros((1, 3, 12), dtype=np.float16), 2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_multihead_layer_runs_the_numba_kernel_on_qkv_itself(dtype):
+    # the layer takes the packed path with the numba table's kernel (its cache
+    # says so) and agrees with the layer on the NumPy reference, both ways
+    B, H, T, D = 2, 3, 20, 4
+    rng = np.random.default_rng(10)
+    qkv = rng.standard_normal((B, T, 3 * H * D)).astype(dtype)
+    dout = rng.standard_normal((B, T, H * D)).astype(dtype)
+    kernel = op_table("numba")["attention"]
+    out, cache = multihead_attention_forward(qkv, H, kernel)
+    assert cache[-1] is True and cache[2] == kernel.on_qkv
+    ref, ref_cache = multihead_attention_forward(qkv, H)
+    np.testing.assert_allclose(out, ref, rtol=TOL[dtype], atol=TOL[dtype])
+    np.testing.assert_allclose(multihead_attention_backward(dout, cache),
+                               multihead_attention_backward(dout, ref_cache), rtol=TOL[dtype], atol=TOL[dtype])
+    # a plain pair of the same functions (no .on_qkv) splits the heads, as before
+    _, plain = multihead_attention_forward(qkv, H, tuple(kernel))
+    assert plain[-1] is False

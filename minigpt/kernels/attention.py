@@ -41,6 +41,12 @@ thread keeps one set of scratch arrays for all its (batch, head) tasks.
 The cache holds q, k, v and out: O(T D), not O(T^2). Decoding (one query row
 against a KV cache) has its own kernel, _decode_kernel.
 
+The same two kernels also run on GPT-2's packed qkv (B, T, 3C) as it comes
+out of c_attn (attention_forward_qkv / attention_backward_qkv): they read
+each head's rows from its columns of qkv, write out into (B, T, C) and
+dq, dk, dv into dqkv (B, T, 3C), so the multi-head layer splits and merges
+no heads (see _layout, and AttentionKernel for how the layer finds them).
+
 To gate heads (pruning), multiply out (and dout) by a per-head factor outside
 the kernel, or skip a (b, h) task inside it: the tasks are independent.
 """
@@ -237,38 +243,39 @@ def _weighted_sum4(s, vT, j0, nb, acc):
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
-def _transpose_into(x, xT):
-    """xT[:, :T] = x.T for x (T, D); xT's padding columns are left as they are.
+def _transpose_into(x, c0, D, xT):
+    """xT[:, :T] = x[:, c0:c0 + D].T for x (T, W): one head's columns of the
+    rows; xT's padding columns are left as they are.
 
     In blocks of 16 rows of x: a block (16 x D) stays in L1 while its D
     columns are written out. Measured per element, one thread, Xeon family 6
     model 207, D = 32: 0.28 / 0.45 ns at T = 128 / 1024, where column by
     column (strided reads over all of x) took 0.47 / 0.80."""
-    T, D = x.shape
+    T = x.shape[0]
     for j0 in range(0, T - T % 16, 16):
         blk = x[j0:j0 + 16]
         for d in range(D):
             dst = xT[d, j0:j0 + 16]
             for jj in range(16):
-                dst[jj] = blk[jj, d]
+                dst[jj] = blk[jj, c0 + d]
     for j in range(T - T % 16, T):
         for d in range(D):
-            xT[d, j] = x[j, d]
+            xT[d, j] = x[j, c0 + d]
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
-def _transpose_from(xT, x):
-    """x = xT[:, :T].T for x (T, D), in the same blocks as _transpose_into."""
-    T, D = x.shape
+def _transpose_from(xT, x, c0, D):
+    """x[:, c0:c0 + D] = xT[:, :T].T for x (T, W), in the same blocks as _transpose_into."""
+    T = x.shape[0]
     for j0 in range(0, T - T % 16, 16):
         blk = x[j0:j0 + 16]
         for d in range(D):
             src = xT[d, j0:j0 + 16]
             for jj in range(16):
-                blk[jj, d] = src[jj]
+                blk[jj, c0 + d] = src[jj]
     for j in range(T - T % 16, T):
         for d in range(D):
-            x[j, d] = xT[d, j]
+            x[j, c0 + d] = xT[d, j]
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
@@ -295,9 +302,9 @@ def _softmax_block_row(sr, nr, nbp, mr):
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _forward_kernel(q, k, v, scale, out, n_threads):
-    B, H, T_q, D = q.shape
-    T_k = k.shape[2]
+def _forward_kernel(q, k, v, H, D, lay, scale, out, n_threads):
+    B = q.shape[0] // lay[0]  # q, k, v, out 3-D, heads found through lay (see _layout)
+    T_q, T_k = q.shape[1], k.shape[1]
     T_pad = _round_up(T_k, LANES)
     offset = T_k - T_q
     zero = scale - scale  # 0 in the input's dtype
@@ -321,8 +328,9 @@ def _forward_kernel(q, k, v, scale, out, n_threads):
         n_vis = np.empty(ROWS, dtype=np.int64)
         for task in range(chunk, n_tasks, n_chunks):
             b, h = task // H, task % H
-            _transpose_into(k[b, h], kT)  # (D, T_k) of (D, T_pad)
-            _transpose_into(v[b, h], vT)
+            t, o = b * lay[0] + h * lay[1], h * lay[2]  # head h's rows: [t, :, o:o + D] (q, out)
+            _transpose_into(k[t], o + lay[3], D, kT)  # (D, T_k) of (D, T_pad)
+            _transpose_into(v[t], o + lay[4], D, vT)
             # ROWS query rows at a time share every k and v element loaded.
             # Rows past T_q get no keys (n_vis = 0) and are not written.
             for i0 in range(0, T_q, ROWS):
@@ -335,7 +343,7 @@ def _forward_kernel(q, k, v, scale, out, n_threads):
                     # loops, not acc[:] = 0 and n_vis.max(): numba's slice fill and
                     # max cost ~20-30 ns a call, 10% of the forward at T = 128
                     for d in range(D):
-                        qs[r, d] = q[b, h, i, d] * scale
+                        qs[r, d] = q[t, i, o + d] * scale
                         acc[r, d] = zero
                 for j0 in range(0, n, BLOCK):
                     nb = min(BLOCK, n - j0)
@@ -384,7 +392,7 @@ def _forward_kernel(q, k, v, scale, out, n_threads):
                 for r in range(min(ROWS, T_q - i0)):
                     inv = 1.0 / l[r]
                     for d in range(D):
-                        out[b, h, i0 + r, d] = acc[r, d] * inv
+                        out[t, i0 + r, o + d] = acc[r, d] * inv
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
@@ -414,9 +422,9 @@ def _probs_and_grads_row(pr, dsr, nv, n_pad, delta, scale):
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _backward_kernel(q, k, v, out, dout, scale, dq, dk, dv, n_threads):
-    B, H, T_q, D = q.shape
-    T_k = k.shape[2]
+def _backward_kernel(q, k, v, out, dout, H, D, lay, scale, dq, dk, dv, n_threads):
+    B = q.shape[0] // lay[0]  # every array 3-D, heads found through lay (see _layout)
+    T_q, T_k = q.shape[1], k.shape[1]
     T_pad = _round_up(T_k, LANES)
     offset = T_k - T_q
     zero = scale - scale  # 0 in the input's dtype
@@ -439,8 +447,9 @@ def _backward_kernel(q, k, v, out, dout, scale, dq, dk, dv, n_threads):
         delta = np.empty(ROWS, dtype=q.dtype)
         for task in range(chunk, n_tasks, n_chunks):
             b, h = task // H, task % H
-            _transpose_into(k[b, h], kT)  # (D, T_k) of (D, T_pad)
-            _transpose_into(v[b, h], vT)
+            t, o = b * lay[0] + h * lay[1], h * lay[2]  # head h's rows: [t, :, o:o + D] (q, out)
+            _transpose_into(k[t], o + lay[3], D, kT)  # (D, T_k) of (D, T_pad)
+            _transpose_into(v[t], o + lay[4], D, vT)
             dkT[:] = 0.0
             dvT[:] = 0.0
             # ROWS query rows at a time: every k, v, dk, dv element loaded is used
@@ -453,10 +462,10 @@ def _backward_kernel(q, k, v, out, dout, scale, dq, dk, dv, n_threads):
                     n = max(n, n_vis[r])
                     delta[r] = zero  # dout_i . out_i = sum_j P_ij dP_ij
                     for d in range(D):
-                        qs[r, d] = q[b, h, i, d] * scale
-                        qr[r, d] = q[b, h, i, d]
-                        g[r, d] = dout[b, h, i, d]
-                        delta[r] += dout[b, h, i, d] * out[b, h, i, d]
+                        qs[r, d] = q[t, i, o + d] * scale
+                        qr[r, d] = q[t, i, o + d]
+                        g[r, d] = dout[t, i, o + d]
+                        delta[r] += dout[t, i, o + d] * out[t, i, o + d]
                 n = _round_up(n, LANES)  # whole vectors; the padding gets P = dS = 0
                 _scores4(qs, kT, 0, n, p)  # S = Q K^T * scale, head dims in fours
                 _scores4(g, vT, 0, n, ds)  # dP = dout V^T
@@ -494,13 +503,13 @@ def _backward_kernel(q, k, v, out, dout, scale, dq, dk, dv, n_threads):
                         dvT[d, j] += p[0, j] * g0 + p[1, j] * g1 + p[2, j] * g2 + p[3, j] * g3
                     acc = (a0, a1, a2, a3)
                     for r in range(min(ROWS, T_q - i0)):
-                        dq[b, h, i0 + r, d] = acc[r]
+                        dq[t, i0 + r, o + d] = acc[r]
             # Element by element: `dk[b, h] = dkT.T` makes numba compile the
             # shape-mismatch error message (its string formatting); the cold
             # compile of this kernel took 17-20 s with it, 7-10 s without
             # (2-core Xeon, busy machine).
-            _transpose_from(dkT, dk[b, h])
-            _transpose_from(dvT, dv[b, h])
+            _transpose_from(dkT, dk[t], o + lay[3], D)
+            _transpose_from(dvT, dv[t], o + lay[4], D)
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -562,6 +571,27 @@ def _keys_along_rows(x):
     return np.ascontiguousarray(xT)
 
 
+def _layout(H, D, packed):
+    """lay: where the kernels find head h of batch b in their 3-D arrays.
+    Head h's rows of q (and of out, dout, dq) are x[t, :, o:o + D] with
+    t = b * lay[0] + h * lay[1] and o = h * lay[2]; its k rows start at column
+    o + lay[3], its v rows at o + lay[4] (of k's and v's arrays, dk's and dv's).
+
+    Heads apart, q (B, H, T, D) seen as (B H, T, D): t = b H + h, o = 0.
+    Packed, GPT-2's qkv (B, T, 3 H D) (q, k, v side by side, heads side by
+    side in each) and out (B, T, H D): t = b, o = h D, k at C + o, v at 2C + o.
+    The kernels index whole C-contiguous arrays with these offsets (a strided
+    view per head would make numba compile loops with run-time strides, which
+    it does not vectorise)."""
+    C = H * D
+    return (1, 0, D, C, 2 * C) if packed else (H, 1, 0, 0, 0)
+
+
+def _rows3(x):
+    """(B, H, T, D) -> (B H, T, D), a view of the C-contiguous x."""
+    return x.reshape(-1, *x.shape[2:])
+
+
 def attention_forward(q, k, v):
     """out = softmax(q k^T / sqrt(D) + causal mask) v; cache (q, k, v, out)."""
     _check(q, k, v)
@@ -580,7 +610,8 @@ def attention_forward(q, k, v):
     k, v = np.ascontiguousarray(k), np.ascontiguousarray(v)
     if T_q > 0:
         with threads_for(B * H * T_q * k.shape[2] * D):  # one decoding step is small work
-            _forward_kernel(q, k, v, scale, out, numba.get_num_threads())
+            _forward_kernel(*map(_rows3, (q, k, v)), H, D, _layout(H, D, False), scale, _rows3(out),
+                            numba.get_num_threads())
     return out, (q, k, v, out, scale)
 
 
@@ -592,9 +623,68 @@ def attention_backward(dout, cache):
     dq = np.empty_like(q)
     dk = np.empty_like(k)
     dv = np.empty_like(v)
-    if q.shape[2] > 0:
-        _backward_kernel(q, k, v, out, dout, scale, dq, dk, dv, numba.get_num_threads())
+    B, H, T_q, D = q.shape
+    if T_q > 0:
+        _backward_kernel(*map(_rows3, (q, k, v, out, dout)), H, D, _layout(H, D, False), scale,
+                         *map(_rows3, (dq, dk, dv)), numba.get_num_threads())
     else:
         dk[:] = 0.0
         dv[:] = 0.0
     return dq, dk, dv
+
+
+def attention_forward_qkv(qkv, n_head):
+    """The same op on GPT-2's packed layout, heads neither split nor merged:
+    qkv (B, T, 3C), C = H D, is [q | k | v] with H heads of D side by side in
+    each; returns out (B, T, C) (heads side by side) and the cache (qkv, out, H, scale).
+    Equals merge_heads(attention_forward(q, k, v)) for the split q, k, v
+    (minigpt.layers.attention.split_heads); T_q = T_k = T."""
+    B, T, C3 = qkv.shape
+    if C3 % (3 * n_head) or n_head < 1:
+        raise ValueError(f"qkv of width {C3} does not hold 3 x {n_head} heads")
+    if qkv.dtype not in (np.float32, np.float64):
+        raise ValueError("qkv must be float32 or float64")
+    qkv = np.ascontiguousarray(qkv)
+    D = C3 // (3 * n_head)
+    out = np.empty((B, T, C3 // 3), dtype=qkv.dtype)  # (B, T, C)
+    scale = qkv.dtype.type(1.0 / math.sqrt(D))
+    if T > 0:
+        with threads_for(B * n_head * T * T * D):
+            _forward_kernel(qkv, qkv, qkv, n_head, D, _layout(n_head, D, True), scale, out,
+                            numba.get_num_threads())
+    return out, (qkv, out, n_head, scale)
+
+
+def attention_backward_qkv(dout, cache):
+    """dqkv (B, T, 3C) for attention_forward_qkv's out: dq, dk, dv written
+    straight into their heads' columns, recomputing P from q and k."""
+    qkv, out, H, scale = cache
+    dout = np.ascontiguousarray(dout, dtype=qkv.dtype)  # (B, T, C)
+    dqkv = np.empty_like(qkv)  # every element written: each head its own columns
+    if qkv.shape[1] > 0:
+        D = qkv.shape[2] // (3 * H)
+        _backward_kernel(qkv, qkv, qkv, out, dout, H, D, _layout(H, D, True), scale, dqkv, dqkv, dqkv,
+                         numba.get_num_threads())
+    return dqkv
+
+
+class AttentionKernel(tuple):
+    """The op table's (forward, backward) pair for the attention core on
+    (B, H, T, D) arrays, which also carries .on_qkv, the pair of the same op
+    on GPT-2's packed layout (attention_forward_qkv, attention_backward_qkv):
+    minigpt.layers.attention.multihead_attention_forward runs that one when
+    its kernel has it, so that no copies split the heads out of qkv or merge
+    them back: those NumPy copies ran on one core, ~8 ms of a ~110 ms base
+    training step under cProfile on two threads. Measured with the code
+    before, one process, alternating (Xeon family 6 model 207, load 1.9-2.4):
+    base step 1.04x faster on one and on two threads, the small shape
+    1.04x / 1.06x. It is a tuple, equal to the plain pair, so whatever
+    unpacks or compares the pair sees no difference."""
+
+    def __new__(cls, pair, on_qkv):
+        obj = super().__new__(cls, pair)
+        obj.on_qkv = on_qkv
+        return obj
+
+
+ATTENTION = AttentionKernel((attention_forward, attention_backward), (attention_forward_qkv, attention_backward_qkv))

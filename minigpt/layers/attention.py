@@ -138,7 +138,11 @@ def multihead_attention_forward(qkv, n_head, kernel=None, kv_cache=None):
 
     n_head is this layer's head count H (a pruned layer may have fewer than
     the config's); the head size is D = width / (3 H). kernel is the core's
-    (forward, backward) pair, the NumPy reference if None.
+    (forward, backward) pair, the NumPy reference if None. A kernel pair
+    that also has .on_qkv (the numba one, minigpt.kernels.attention.AttentionKernel)
+    is run through that: the same op on qkv as it is, writing out (B, T, H D)
+    directly, so no copies split the heads or merge them (nor dq, dk, dv in
+    the backward); a KV cache still goes through split heads.
     kv_cache, if given, is a (k_past, v_past) pair of (B, H, T_past, D)
     arrays (or (None, None) before the first position); the new keys and values are appended and the updated pair, a
     KVPast, is returned as the cache's second element (inference only: no backward).
@@ -147,7 +151,11 @@ def multihead_attention_forward(qkv, n_head, kernel=None, kv_cache=None):
     B, T, C3 = qkv.shape
     if n_head == 0:  # every head pruned: nothing to attend with
         out = np.zeros((B, T, 0), dtype=qkv.dtype)
-        return out, (kv_cache if kv_cache is not None else (None, 0, kernel))
+        return out, (kv_cache if kv_cache is not None else (None, 0, kernel, False))
+    on_qkv = getattr(kernel, "on_qkv", None)  # the same op straight on the packed qkv (kernels.attention)
+    if on_qkv is not None and kv_cache is None:
+        out, core_cache = on_qkv[0](qkv, n_head)  # (B, T, H D): no heads split out, none merged back
+        return out, (core_cache, n_head, on_qkv, True)
     C = C3 // 3  # plain slices: np.split's generality costs ~10 us a call, per layer and token when decoding
     q, k, v = (split_heads(qkv[..., j * C:(j + 1) * C], n_head) for j in range(3))  # (B, H, T, D)
     if kv_cache is not None:  # (None, None): nothing cached yet
@@ -157,15 +165,17 @@ def multihead_attention_forward(qkv, n_head, kernel=None, kv_cache=None):
         return merge_heads(out), kv_cache  # (B, T, H D)
     out, core_cache = fwd(np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v))
     out = merge_heads(out)  # (B, T, H D)
-    return out, (core_cache, n_head, kernel)
+    return out, (core_cache, n_head, kernel, False)
 
 
 def multihead_attention_backward(dout, cache):
     """Returns dqkv (B, T, 3 H D): the core's dq, dk, dv, heads merged and re-concatenated."""
-    core_cache, n_head, kernel = cache
+    core_cache, n_head, kernel, packed = cache
     _, bwd = kernel or (causal_attention_forward, causal_attention_backward)
     if n_head == 0:
         B, T, _ = dout.shape
         return np.zeros((B, T, 0), dtype=dout.dtype)
+    if packed:  # the kernel's pair on the packed layout: dq, dk, dv written straight into dqkv
+        return bwd(dout, core_cache)  # (B, T, 3 H D)
     dq, dk, dv = bwd(np.ascontiguousarray(split_heads(dout, n_head)), core_cache)
     return np.concatenate([merge_heads(dq), merge_heads(dk), merge_heads(dv)], axis=-1)
