@@ -526,26 +526,31 @@ def _dequantize_int4_cols(packed, scales, group, out):
 
 @njit(cache=True, inline="always")
 def _panel_tiles(x, x_tail, panel, k0, kc, out, cbuf, j0, nb, accumulate):
-    """out[:, j0:j0 + nb] (+)= x[:, k0:k0 + kc] @ panel[:kc, :nb], FMR rows at a time (f32t.gemm_tile_f32).
+    """out[:, j0:j0 + nb] (+)= x[:, k0:k0 + kc] @ panel[:kc, :nb], FMR rows x TW columns at a time
+    (f32t.gemm_tile_f32; the panel's tiles past nb, all zeros, are skipped).
 
     Rows of a full tile and a full panel go straight to out; the rest (the last M % FMR rows,
     copied into x_tail (FMR, K) with zero rows after them and run in a tile of 2, 4 or FMR rows,
-    and every row when nb < the panel's
-    width) to cbuf (FMR * ceil(M / FMR), panel width), at the same rows, for _panel_store."""
+    and every row when nb < the panel's width) to cbuf (FMR * ceil(M / FMR), panel width), at
+    the same rows, for _panel_store."""
     M, K = x.shape
+    TW = f32t.TW
     m_full = M - M % f32t.MR
     for i0 in range(0, m_full, f32t.MR):
-        if nb == cbuf.shape[1]:
-            f32t.gemm_tile_f32(x, i0 * K + k0, K, panel, kc, out[i0:i0 + f32t.MR, j0:j0 + nb], accumulate)
-        else:
-            f32t.gemm_tile_f32(x, i0 * K + k0, K, panel, kc, cbuf[i0:i0 + f32t.MR], accumulate)
+        for j in range(0, nb, TW):  # the panel's tiles side by side, this tile's x rows still in L1
+            if nb == cbuf.shape[1]:
+                f32t.gemm_tile_f32(x, i0 * K + k0, K, panel[j:], kc, out[i0:i0 + f32t.MR, j0 + j:j0 + j + TW],
+                                   accumulate)
+            else:
+                f32t.gemm_tile_f32(x, i0 * K + k0, K, panel[j:], kc, cbuf[i0:i0 + f32t.MR, j:j + TW], accumulate)
     rest = M - m_full  # in a tile of 2, 4 or MR rows (x_tail's first rows)
-    if 0 < rest <= 2:
-        f32t.gemm_tile_f32_2(x_tail, k0, K, panel, kc, cbuf[m_full:m_full + 2], accumulate)
-    elif 2 < rest <= 4:
-        f32t.gemm_tile_f32_4(x_tail, k0, K, panel, kc, cbuf[m_full:m_full + 4], accumulate)
-    elif rest > 4:
-        f32t.gemm_tile_f32(x_tail, k0, K, panel, kc, cbuf[m_full:m_full + f32t.MR], accumulate)
+    for j in range(0, nb, TW):
+        if 0 < rest <= 2:
+            f32t.gemm_tile_f32_2(x_tail, k0, K, panel[j:], kc, cbuf[m_full:m_full + 2, j:j + TW], accumulate)
+        elif 2 < rest <= 4:
+            f32t.gemm_tile_f32_4(x_tail, k0, K, panel[j:], kc, cbuf[m_full:m_full + 4, j:j + TW], accumulate)
+        elif rest > 4:
+            f32t.gemm_tile_f32(x_tail, k0, K, panel[j:], kc, cbuf[m_full:m_full + f32t.MR, j:j + TW], accumulate)
 
 
 @njit(cache=True, inline="always")

@@ -275,25 +275,27 @@ def _f32_vectors(builder, lanes):
     return f32, ir.VectorType(f32, lanes)
 
 
-def _gemm_tile_f32(MR, NR, LANES):
-    """gemm_tile_f32 for tiles of MR rows x NR vectors of LANES float32 (see the tile modules below)."""
+def _gemm_tile_f32(MR, NR, LANES, ROW):
+    """gemm_tile_f32 for tiles of MR rows x NR vectors of LANES float32 in panels of ROW columns
+    (see the tile modules below)."""
 
     @intrinsic
     def gemm_tile_f32(typingctx, a, a_at, a_rs, panel, kc, c, accumulate):
-        """c[r, :] (+)= sum_{k < kc} a[a_at + r a_rs + k] panel[k, :] for r < MR: float32, FMAs.
+        """c[r, :] (+)= sum_{k < kc} a[a_at + r a_rs + k] panel[k ROW : k ROW + NR LANES] for r < MR:
+        float32, FMAs.
 
         a: 1-D or 2-D float32 C-contiguous (x: a_at = i0 K + k0, a_rs = K, row r of
-        the tile at a_at + r a_rs); panel: float32 C-contiguous, at least kc x
-        (NR * LANES) values, row k = the kc-th slice of the NR * LANES columns;
-        c: 2-D float32 (MR, NR * LANES) with unit column stride (rows any stride),
-        overwritten, or added to if accumulate.
+        the tile at a_at + r a_rs); panel: 1-D float32 C-contiguous, kc rows of ROW
+        values (a slice starting at the tile's first column); c: 2-D float32
+        (MR, NR * LANES) with unit column stride (rows any stride), overwritten,
+        or added to if accumulate.
         """
-        return _tile_codegen(MR, NR, LANES, a, a_at, a_rs, panel, kc, c, accumulate)
+        return _tile_codegen(MR, NR, LANES, ROW, a, a_at, a_rs, panel, kc, c, accumulate)
 
     return gemm_tile_f32
 
 
-def _tile_codegen(FMR, FNR, LANES, a, a_at, a_rs, panel, kc, c, accumulate):
+def _tile_codegen(FMR, FNR, LANES, ROW, a, a_at, a_rs, panel, kc, c, accumulate):
     """The typing and LLVM code of gemm_tile_f32 for one tile shape."""
     sig = types.void(a, a_at, a_rs, panel, kc, c, accumulate)
 
@@ -326,9 +328,9 @@ def _tile_codegen(FMR, FNR, LANES, a, a_at, a_rs, panel, kc, c, accumulate):
         splat_idx = ir.Constant(ir.VectorType(i32, LANES), None)
 
         def step(k):  # one k: FNR panel vectors, FMR broadcasts, FMR * FNR FMAs
-            p_k = builder.gep(p_base, [builder.mul(k, ir.Constant(intp, nb))])
-            for n in range(nb // 16):  # one a 64-byte line (16 floats): the panel rows PREFETCH_K ahead
-                builder.call(prefetch, [builder.bitcast(builder.gep(p_k, [ir.Constant(intp, PREFETCH_K * nb + 16 * n)]),
+            p_k = builder.gep(p_base, [builder.mul(k, ir.Constant(intp, ROW))])
+            for n in range(max(1, nb // 16)):  # one a 64-byte line (16 floats): the tile's columns PREFETCH_K rows ahead
+                builder.call(prefetch, [builder.bitcast(builder.gep(p_k, [ir.Constant(intp, PREFETCH_K * ROW + 16 * n)]),
                                                         i8p), ir.Constant(i32, 0), ir.Constant(i32, 3),
                                         ir.Constant(i32, 1)])
             bv = [builder.load(builder.bitcast(builder.gep(p_k, [ir.Constant(intp, LANES * n)]), vf.as_pointer()),
@@ -531,23 +533,27 @@ def _pack_int4_panel_f32(FNR, LANES):
 # 4 x 3 (24 columns) would need all 16 (AVX2 has no broadcast operand for an FMA, so the broadcast
 # takes a register) and leave LLVM none to spare. 6 x 2 loads 2 panel vectors and 6 broadcasts
 # per 12 FMAs, 4 x 3 3 and 4: the same 8 loads a k, and its panel row is one 64-byte line.
+# Panels are 64 columns wide for both (NB): AVX2's 6 rows of x then go through the panel's four
+# 16-column tiles one after the other while they are in L1, so that x is read from memory once per
+# 64 columns, as with AVX-512, not once per 16 (x outgrows L2 at training batches: 2048 x 512).
 
 
-def _tile_module(name, MR, NR, LANES):
-    """A module holding one tile shape: MR rows x NR vectors of LANES float32 (NB = NR LANES columns)."""
+def _tile_module(name, MR, NR, LANES, NB):
+    """A module holding one tile shape: MR rows x NR vectors of LANES float32 (TW = NR LANES columns),
+    in panels of NB columns (NB / TW tiles side by side)."""
     m = types_module.ModuleType(f"{__name__}.f32_{name}", f"The weight-only GEMM's {name} tiles.")
-    m.NAME, m.MR, m.NR, m.LANES, m.NB = name, MR, NR, LANES, NR * LANES
-    m.gemm_tile_f32 = _gemm_tile_f32(MR, NR, LANES)
+    m.NAME, m.MR, m.NR, m.LANES, m.TW, m.NB = name, MR, NR, LANES, NR * LANES, NB
+    m.gemm_tile_f32 = _gemm_tile_f32(MR, NR, LANES, NB)
     # the last M % MR rows: 2- and 4-row tiles, so that at most one row of zeros is multiplied (512 rows
     # in 6-row tiles would otherwise compute 516)
-    m.gemm_tile_f32_2, m.gemm_tile_f32_4 = _gemm_tile_f32(2, NR, LANES), _gemm_tile_f32(4, NR, LANES)
-    m.pack_int8_panel_f32 = _pack_int8_panel_f32(NR, LANES)
-    m.pack_int4_panel_f32 = _pack_int4_panel_f32(NR, LANES)
+    m.gemm_tile_f32_2, m.gemm_tile_f32_4 = _gemm_tile_f32(2, NR, LANES, NB), _gemm_tile_f32(4, NR, LANES, NB)
+    m.pack_int8_panel_f32 = _pack_int8_panel_f32(NB // LANES, LANES)
+    m.pack_int4_panel_f32 = _pack_int4_panel_f32(NB // LANES, LANES)
     return m
 
 
-F32_AVX512 = _tile_module("avx512", 6, 4, 16)
-F32_AVX2 = _tile_module("avx2", 6, 2, 8)
+F32_AVX512 = _tile_module("avx512", 6, 4, 16, 64)
+F32_AVX2 = _tile_module("avx2", 6, 2, 8, 64)
 
 
 def _f32_tiles_choice():
