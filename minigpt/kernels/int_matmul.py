@@ -23,14 +23,15 @@ times each against float32 BLAS):
   (vnni.dot4_u8s8), else LLVM's sign-extend + vpmaddwd vectorisation;
 - weight-only int8 / int4, float32, M >= F32_GEMM_MIN_ROWS rows on a CPU
   with AVX-512 or AVX2 + FMA (USE_F32_GEMM): a float32 GEMM of our own whose
-  packing is the dequantization. Per panel of output columns (64 with
-  AVX-512, 16 with AVX2: F32_TILES picks vnni's tile module, _F32_GEMMS the
-  driver compiled for it) the weight is dequantized straight into the panel
+  packing is the dequantization. Per panel of 64 output columns (F32_TILES
+  picks vnni's tile module, AVX-512's or AVX2's, _F32_GEMMS the driver
+  compiled for it) the weight is dequantized straight into the panel
   layout (int8: pack_int8_panel_f32, 4 bytes of 16 / 8 rows at once, by a
   gather on AVX-512 where gathers are not slowed by the Downfall
   mitigation, else by loads; int4: pack_int4_panel_f32, a vector of bytes a
   step), then every 6 rows of x run through it in register tiles
-  (gemm_tile_f32: 24 zmm or 12 ymm accumulators, FMAs). The dequantized
+  (gemm_tile_f32: 6 x 64 in 24 zmm accumulators, or four 6 x 16 tiles in
+  turn in 12 ymm, FMAs). The dequantized
   weight never goes to memory, which BLAS's route pays twice (written, then
   read back by BLAS's packing);
 - weight-only, a batch otherwise (float64, or neither AVX-512 nor AVX2): the weight is

@@ -26,7 +26,8 @@ decoding row's inner pass in plain 16-wide LLVM vectors, for any CPU.
 The weight-only batch product's float32 GEMM, not VNNI either, has three
 intrinsics per tile shape, in a small module per CPU kind: F32_AVX512
 (AVX-512F: 6 rows x 64 columns in 24 zmm accumulators) and F32_AVX2 (AVX2 +
-FMA: 6 rows x 16 columns in 12 ymm), each with gemm_tile_f32 (the register
+FMA: 6 rows x 16 columns in 12 ymm, four side by side in a 64-column
+panel), each with gemm_tile_f32 (the register
 tile), pack_int8_panel_f32 (int8 weight rows dequantized into its panels, 4 k
 of LANES rows at a time) and pack_int4_panel_f32 (int4 byte rows, a vector of
 bytes at a time); see their section. F32_TILES names the one this process
@@ -251,22 +252,25 @@ def nibble_rows4_f32(typingctx, part, packed, r, j0, n, xs):
 # x (M, K) float32 times a weight dequantized from int8 / int4. BLAS would need
 # the whole weight dequantized first (K N floats written to memory and read back
 # by BLAS's own packing); here the weight is dequantized straight into the
-# packed panel the micro-kernel reads, once per panel of FNR * LANES columns,
-# and every FMR rows of x run through that panel. Two tile shapes (modules
-# F32_AVX512 and F32_AVX2 below, chosen by F32_TILES): with AVX-512, 6 rows x 4
-# zmm of 16 = 24 accumulators + 4 panel vectors + a broadcast of the 32
-# registers; with AVX2 (16 ymm), 6 rows x 2 ymm of 8 = 12 + 2 + 1. Per k: FNR
+# packed panel the micro-kernel reads, once per panel of 64 columns, and every
+# FMR rows of x run through that panel. Two tile shapes (modules F32_AVX512 and
+# F32_AVX2 below, chosen by F32_TILES): with AVX-512, 6 rows x 4 zmm of 16 = 24
+# accumulators + 4 panel vectors + a broadcast of the 32 registers; with AVX2
+# (16 ymm), 6 rows x 2 ymm of 8 = 12 + 2 + 1, four such tiles across a panel,
+# one after the other for the same rows of x. Per k of a tile: FNR
 # panel loads, FMR broadcasts of x, FMR * FNR FMAs. Measured, one thread, Xeon
 # family 6 model 207, data as in a 512 x 768 x 3072 product: the AVX-512 tiles
 # 147 GFLOPS as written, 161 with the panel prefetched PREFETCH_K steps ahead
 # (it streams from L2: panels are K x 256 bytes), OpenBLAS sgemm 145-150; 8 x 3
 # tiles were no faster, 12 x 2 and 14 x 2 slower, unrolling k by 4 slower. The
 # AVX2 tiles, with numba and OpenBLAS restricted to AVX2 (NUMBA_CPU_NAME=haswell,
-# OPENBLAS_CORETYPE=Haswell: a proxy, not an AVX2 CPU): about 78 GFLOPS, OpenBLAS's
-# Haswell sgemm 78-81 (its peak there); 4 x 3 tiles no faster on the GPT-2
+# OPENBLAS_CORETYPE=Haswell: a proxy, not an AVX2 CPU): about 80 GFLOPS packing
+# included, OpenBLAS's Haswell sgemm 78-81 (its peak there). Tried when the AVX2
+# panels were 16 columns wide (one tile): 4 x 3 tiles no faster on the GPT-2
 # shapes and 10% slower where N = 128 (a last panel a third empty), k unrolled
 # by 2 or 4 no faster, k blocks of 128-512 rows (panel in L1) 5-15% slower,
-# prefetching 24 or 64 k ahead no different.
+# prefetching 24 or 64 k ahead no different; 64-column panels then gave
+# 2048 x 512 x 128 1.04x BLAS instead of 1.00x (x read once per 64 columns).
 PREFETCH_K = 8
 
 
@@ -532,7 +536,7 @@ def _pack_int4_panel_f32(FNR, LANES):
 # AVX2 (16 ymm): 6 rows x 2 ymm (16 columns) = 12 accumulators + 2 panel vectors + a broadcast = 15;
 # 4 x 3 (24 columns) would need all 16 (AVX2 has no broadcast operand for an FMA, so the broadcast
 # takes a register) and leave LLVM none to spare. 6 x 2 loads 2 panel vectors and 6 broadcasts
-# per 12 FMAs, 4 x 3 3 and 4: the same 8 loads a k, and its panel row is one 64-byte line.
+# per 12 FMAs, 4 x 3 3 and 4: the same 8 loads a k, and its 16 columns of a panel row are one 64-byte line.
 # Panels are 64 columns wide for both (NB): AVX2's 6 rows of x then go through the panel's four
 # 16-column tiles one after the other while they are in L1, so that x is read from memory once per
 # 64 columns, as with AVX-512, not once per 16 (x outgrows L2 at training batches: 2048 x 512).
