@@ -31,11 +31,10 @@ times each against float32 BLAS):
   mitigation, else by loads; int4: pack_int4_panel_f32, a vector of bytes a
   step), then every 6 rows of x run through it in register tiles
   (gemm_tile_f32: 6 x 64 in 24 zmm accumulators, or four 6 x 16 tiles in
-  turn in 12 ymm, FMAs). The dequantized
-  weight never goes to memory, which BLAS's route pays twice (written, then
-  read back by BLAS's packing);
-- weight-only, a batch otherwise (float64, or neither AVX-512 nor AVX2): the weight is
-  dequantized (a vectorised pass) into a buffer reused across calls, then
+  turn in 12 ymm, FMAs). The dequantized weight never goes to memory, which
+  BLAS's route pays twice (written, then read back by BLAS's packing);
+- weight-only, a batch otherwise (float64, or neither AVX-512 nor AVX2):
+  the weight is dequantized (a vectorised pass) into a buffer reused across calls, then
   BLAS multiplies (kernels.matmul: split over the thread budget like the
   float linear's products): what the reference does, in two fast steps;
 - weight-only int8, a few rows: dot products of x with each weight row,
@@ -87,8 +86,8 @@ USE_VECTORS = True  # int4 decoding row, float32: _int4_row_kernel (the tests sw
 # Weight-only int8 / int4 from this many rows: dequantize the weight (K N conversions,
 # about what the integer loops spend on 2-3 rows) into a reused buffer, then BLAS
 DEQUANT_MIN_ROWS = 16
-# ... and there, float32 on an AVX-512 or AVX2 + FMA CPU: the weight dequantized into the packed panels of a
-# float32 GEMM of our own instead (vnni.gemm_tile_f32); the tests switch it off to reach BLAS's path
+# ... and there, float32 on an AVX-512 or AVX2 + FMA CPU: the weight dequantized into the packed panels
+# of a float32 GEMM of our own instead (gemm_tile_f32); the tests switch it off to reach BLAS's path
 USE_F32_GEMM = vnni.F32_TILES is not None
 # ... with which tiles (vnni.F32_AVX512 or F32_AVX2, _F32_GEMMS), chosen from the CPU's features
 # (vnni.F32_TILES; MINIGPT_F32_TILES=avx2 forces the AVX2 tiles on an AVX-512 CPU, for measuring)
@@ -607,7 +606,7 @@ def _int8_gemm_f32(x, x_tail, w32, w_scale, kc, out, gather, p_start, p_end):
 @njit(cache=True, inline="always")
 def _pack_int4_columns(packed, scales, group, k0, kk, j0, nb, panel):
     """panel[k - k0, c] = the dequantized int4 weight (k, j0 + c), k0 <= k < k0 + kk, c < nb: as
-    f32t.pack_int4_panel_f32, a column at a time (for a last panel narrower than the vectors)."""
+    f32t.pack_int4_panel_f32, a column at a time (for a last panel narrower than NB columns)."""
     NB = f32t.NB
     half = group // 2
     eight = np.float32(8)
