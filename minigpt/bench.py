@@ -244,7 +244,8 @@ def bench_attention(quick, torch):
 
 # ----------------------------------------------------------- integer matmul
 def _without_f32_gemm(fn, *args):
-    """fn(*args) with the weight-only float32 GEMM switched off: dequantize + BLAS, as on CPUs without AVX-512."""
+    """fn(*args) with the weight-only float32 GEMM switched off: dequantize + BLAS, the path
+    of CPUs without AVX2 + FMA (and of float64)."""
     from .kernels import int_matmul as K
 
     K.USE_F32_GEMM = False
