@@ -64,6 +64,23 @@ def test_row_and_column_splits_fill_every_entry(monkeypatch):
         np.testing.assert_allclose(K.matmul(b.T, a.T), b.T @ a.T, rtol=1e-12)  # transposed views
 
 
+@pytest.mark.parametrize("M", [1, 3, 64, 0])  # columns split, columns, rows (partial row sums), no rows
+@pytest.mark.parametrize("split", [True, False])
+def test_bias_and_row_sums_in_the_pieces(M, split, monkeypatch):
+    # bias added by each piece to its own block, a's row sum from per-piece
+    # partial sums: float64, so only the summation order differs (1e-12)
+    if split:
+        monkeypatch.setattr(K, "MIN_FLOPS", 1)
+        monkeypatch.setattr(K, "pieces_for", lambda M_, K_, N, threads=None: (2, 3) if M_ * K_ * N else (1, 1))
+    rng = np.random.default_rng(3)
+    a, b, bias = rng.standard_normal((M, 20)), rng.standard_normal((20, 31)), rng.standard_normal(31)
+    np.testing.assert_allclose(K.matmul(a, b, bias=bias), a @ b + bias, rtol=1e-12, atol=1e-12)
+    out, sums = K.matmul(a, b, row_sum=True)
+    np.testing.assert_allclose(out, a @ b, rtol=1e-12, atol=1e-12)
+    assert sums.shape == (20,)
+    np.testing.assert_allclose(sums, a.sum(axis=0), rtol=1e-12, atol=1e-12)
+
+
 def test_small_products_are_not_split():
     assert K.pieces_for(1, 64, 64, threads=2) == (1, 1)  # a decoding step's small product
     assert K.pieces_for(2048, 128, 512, threads=2) == (2, 2 * K.PIECES_PER_THREAD)  # the base preset's MLP

@@ -114,31 +114,63 @@ class _Pieces:
             raise self.errors[0]
 
 
-def matmul(a, b):
+def matmul(a, b, *, bias=None, row_sum=False):
     """a @ b for 2-D a (M, K) and b (K, N) (any strides BLAS accepts, e.g. transposed
-    views), its rows (or, for few rows, its columns) split over the thread budget."""
+    views), its rows (or, for few rows, its columns) split over the thread budget.
+
+    bias (N,): returns a @ b + bias, each piece adding it to its own block of
+    the output, in parallel and while the block is still in cache (added
+    after the product on the calling thread it was serial work on one core).
+    row_sum: returns (a @ b, the sum of a's rows (K,)), each row piece summing
+    its rows of a, which its product has just read (a linear layer's bias
+    gradient, db = sum of dout's rows, from dx = dout @ w^T)."""
     if not threads.blas_is_single():
         threads.single_thread_blas()  # once: also when nothing is split (a budget of one thread)
     M, K = a.shape
     N = b.shape[1]
     n_threads, n = pieces_for(M, K, N)
     if n == 1:
-        return a @ b
+        out = a @ b
+        if bias is not None:
+            out += bias
+        return (out, _row_sum(a)) if row_sum else out
     out = np.empty((M, N), dtype=np.result_type(a, b))
+    sums = None
     if M >= n * MIN_ROWS:  # row blocks of out are contiguous: each piece writes its own in place
-        jobs = [(a[s:e], b, out[s:e]) for s, e in _bounds(M, n)]
+        jobs = [(a[s:e], b, out[s:e], i) for i, (s, e) in enumerate(_bounds(M, n))]
+        if row_sum:
+            sums = np.empty((len(jobs), K), dtype=out.dtype)  # one partial sum a piece
     else:  # column blocks are strided: each piece's block is copied in
-        jobs = [(a, b[:, s:e], (s, e)) for s, e in _bounds(N, n)]
+        jobs = [(a, b[:, s:e], (s, e), None) for s, e in _bounds(N, n)]
 
     def run(job):
-        x, y, where = job
+        x, y, where, i = job
         if isinstance(where, tuple):
-            out[:, where[0]:where[1]] = x @ y  # (M, e - s)
-        else:
-            np.matmul(x, y, out=where)
+            s, e = where
+            block = x @ y  # (M, e - s)
+            if bias is not None:
+                block += bias[s:e]
+            out[:, s:e] = block
+            return
+        np.matmul(x, y, out=where)
+        if bias is not None:
+            where += bias
+        if sums is not None:
+            sums[i] = _row_sum(x)
 
     run_pieces(jobs, run, n_threads)
-    return out
+    if not row_sum:
+        return out
+    return out, (sums.sum(axis=0) if sums is not None else _row_sum(a))
+
+
+def _row_sum(a):
+    """The sum of a's rows (K,) for a (M, K): a product with a vector of ones,
+    one BLAS pass over a (~1.5x faster than a.sum(axis=0) at 2048 x 384,
+    float32, one thread, Xeon family 6 model 207)."""
+    if a.shape[0] == 0:
+        return np.zeros(a.shape[1], dtype=a.dtype)
+    return np.ones(a.shape[0], dtype=a.dtype) @ a
 
 
 def run_pieces(jobs, run, n_threads):
@@ -156,8 +188,7 @@ def linear_forward(x, w, b):
     """Same contract as minigpt.layers.linear.linear_forward: out = x @ w + b."""
     n_in, n_out = w.shape
     rows = int(np.prod(x.shape[:-1]))
-    out = matmul(x.reshape(rows, n_in), w)  # (N, n_out)
-    out += b
+    out = matmul(x.reshape(rows, n_in), w, bias=b)  # (N, n_out)
     return out.reshape(*x.shape[:-1], n_out), (x, w)
 
 
@@ -167,6 +198,40 @@ def linear_backward(dout, cache):
     n_in, n_out = w.shape
     rows = int(np.prod(x.shape[:-1]))
     d2 = dout.reshape(rows, n_out)  # (N, n_out)
-    dx = matmul(d2, w.T)  # (N, n_in)
-    dw = matmul(x.reshape(rows, n_in).T, d2)  # (n_in, n_out): a row block of dw is a column block of x
-    return dx.reshape(*dout.shape[:-1], n_in), dw, d2.sum(axis=0)
+    x2 = x.reshape(rows, n_in)  # (N, n_in)
+    n_threads, n = pieces_for(rows, n_out, 2 * n_in)  # the two products, dx and dw
+    if n > 1 and rows >= n * MIN_ROWS:
+        dx, dw, db = _backward_by_rows(x2, d2, w, n, n_threads)
+    else:  # few rows (or one thread): each product split on its own
+        dx, db = matmul(d2, w.T, row_sum=True)  # (N, n_in), (n_out,): db = sum of dout's rows
+        dw = matmul(x2.T, d2)  # (n_in, n_out): a row block of dw is a column block of x
+    return dx.reshape(*dout.shape[:-1], n_in), dw, db
+
+
+def _backward_by_rows(x2, d2, w, n, n_threads):
+    """(dx, dw, db) of the linear layer from n pieces of rows, one round of hand-offs.
+
+    Piece i takes rows s:e and computes dx[s:e] = d2[s:e] w^T, and its parts of
+    dw = sum over pieces of x2[s:e]^T d2[s:e] and db = sum of d2[s:e]'s rows,
+    while d2[s:e] is in its core's cache; the n partial dw (n_in x n_out, small)
+    are added at the end. (Split by rows of dw, as matmul would, every piece
+    read all of d2 and x2, in a second round after dx's.)"""
+    if not threads.blas_is_single():
+        threads.single_thread_blas()
+    N, n_in = x2.shape
+    n_out = d2.shape[1]
+    dtype = np.result_type(x2, d2, w)
+    bounds = _bounds(N, n)
+    dx = np.empty((N, n_in), dtype=dtype)
+    dws = np.empty((len(bounds), n_in, n_out), dtype=dtype)
+    dbs = np.empty((len(bounds), n_out), dtype=dtype)
+
+    def run(job):
+        i, (s, e) = job
+        g = d2[s:e]  # (e - s, n_out)
+        np.matmul(g, w.T, out=dx[s:e])
+        np.matmul(x2[s:e].T, g, out=dws[i])
+        dbs[i] = _row_sum(g)
+
+    run_pieces(list(enumerate(bounds)), run, n_threads)
+    return dx, dws.sum(axis=0), dbs.sum(axis=0)
