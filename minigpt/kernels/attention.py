@@ -310,9 +310,14 @@ def _forward_kernel(q, k, v, H, D, lay, scale, out, n_threads):
     zero = scale - scale  # 0 in the input's dtype
     n_tasks = B * H
     n_chunks = min(n_threads, n_tasks)
-    # One chunk of (batch, head) tasks per thread, every n_chunks-th task: the
-    # scratch arrays are made once per thread instead of once per task (the
-    # tasks all cost the same, so the split is even).
+    # One chunk of (batch, head) tasks per thread: the scratch arrays are made
+    # once per thread instead of once per task (the tasks all cost the same,
+    # so the split is even). A chunk is a run of consecutive tasks (all the
+    # heads of its batches but at its ends): on the packed layout two threads
+    # then write different rows of out and dqkv, where every n_chunks-th task had them write
+    # neighbouring heads of the same rows at once, sharing cache lines (the
+    # packed forward 1.19 -> 1.10 ms at B=16, T=128, 4 heads of 32, two threads;
+    # base training step 1.035x faster; Xeon family 6 model 207, load 1.0).
     for chunk in prange(n_chunks):
         # k and v transposed, (D, T_pad), so the loops over keys walk contiguous
         # memory; the padding columns stay 0, so scores there are finite (0)
@@ -326,7 +331,7 @@ def _forward_kernel(q, k, v, H, D, lay, scale, out, n_threads):
         m = np.empty(ROWS, dtype=q.dtype)  # running max of each row's scores
         l = np.empty(ROWS, dtype=q.dtype)  # running sum of exp(s - m)
         n_vis = np.empty(ROWS, dtype=np.int64)
-        for task in range(chunk, n_tasks, n_chunks):
+        for task in range(chunk * n_tasks // n_chunks, (chunk + 1) * n_tasks // n_chunks):
             b, h = task // H, task % H
             t, o = b * lay[0] + h * lay[1], h * lay[2]  # head h's rows: [t, :, o:o + D] (q, out)
             _transpose_into(k[t], o + lay[3], D, kT)  # (D, T_k) of (D, T_pad)
@@ -430,7 +435,7 @@ def _backward_kernel(q, k, v, out, dout, H, D, lay, scale, dq, dk, dv, n_threads
     zero = scale - scale  # 0 in the input's dtype
     n_tasks = B * H
     n_chunks = min(n_threads, n_tasks)
-    for chunk in prange(n_chunks):  # every n_chunks-th task, scratch once per thread (see the forward)
+    for chunk in prange(n_chunks):  # a run of tasks, scratch once per thread (see the forward)
         kT = np.zeros((D, T_pad), dtype=q.dtype)  # padding columns stay 0
         vT = np.zeros((D, T_pad), dtype=q.dtype)
         dkT = np.empty((D, T_pad), dtype=q.dtype)  # accumulated over query rows
@@ -445,7 +450,7 @@ def _backward_kernel(q, k, v, out, dout, H, D, lay, scale, dq, dk, dv, n_threads
         gp = np.empty((ROWS, D), dtype=q.dtype)  # dout's rows over their softmax sums
         n_vis = np.empty(ROWS, dtype=np.int64)
         delta = np.empty(ROWS, dtype=q.dtype)
-        for task in range(chunk, n_tasks, n_chunks):
+        for task in range(chunk * n_tasks // n_chunks, (chunk + 1) * n_tasks // n_chunks):
             b, h = task // H, task % H
             t, o = b * lay[0] + h * lay[1], h * lay[2]  # head h's rows: [t, :, o:o + D] (q, out)
             _transpose_into(k[t], o + lay[3], D, kT)  # (D, T_k) of (D, T_pad)
