@@ -628,12 +628,20 @@ def bench_kernels_in_step(quick, torch):
         def call(*args):
             t0 = time.perf_counter()
             out = fn(*args)
-            last.setdefault(key, []).append((args, time.perf_counter() - t0))
+            last.setdefault(key, []).append((fn, args, time.perf_counter() - t0))
             return out
 
         return call
 
-    ops = {**table, **{op: (timed((op, "fwd"), table[op][0]), timed((op, "bwd"), table[op][1])) for op in KERNEL_OPS}}
+    def timed_pair(op):  # attention's pair also carries its packed-qkv twin (kernels.attention.AttentionKernel)
+        pair = table[op]
+        wrapped = (timed((op, "fwd"), pair[0]), timed((op, "bwd"), pair[1]))
+        on_qkv = getattr(pair, "on_qkv", None)
+        if on_qkv is None:
+            return wrapped
+        return type(pair)(wrapped, (timed((op, "fwd"), on_qkv[0]), timed((op, "bwd"), on_qkv[1])))
+
+    ops = {**table, **{op: timed_pair(op) for op in KERNEL_OPS}}
     original = M.op_table
     M.op_table = lambda backend: ops  # the model asks the table at every forward
     in_step, alone, cold = {}, {}, {}
@@ -647,15 +655,15 @@ def bench_kernels_in_step(quick, torch):
             last.clear()
             step()
             for key, calls in last.items():
-                in_step.setdefault(key, []).append(sum(t for _, t in calls))
-                fn, seconds = table[key[0]][key[1] == "bwd"], 0.0
-                for args, _ in calls:
+                in_step.setdefault(key, []).append(sum(t for _, _, t in calls))
+                seconds = 0.0
+                for fn, args, _ in calls:
                     t0 = time.perf_counter()
                     fn(*args)
                     seconds += time.perf_counter() - t0
                 alone.setdefault(key, []).append(seconds)
                 seconds = 0.0
-                for args, _ in calls:
+                for fn, args, _ in calls:
                     evict()
                     t0 = time.perf_counter()
                     fn(*args)
