@@ -38,6 +38,8 @@ import warnings
 
 import numpy as np
 
+from .errors import MinigptError
+
 
 # ----------------------------------------------------------------- helpers
 def _cpuinfo(path="/proc/cpuinfo"):
@@ -715,9 +717,11 @@ def bench_generation(quick, torch):
 
 
 # ------------------------------------------------------------------ driver
-def run_bench(quick=False, sections=("attention", "int_matmul", "sparse", "structured", "train", "kernels_in_step",
-                                     "generate"),
-              log=sys.stderr):
+# The sections of a run, in the order they run and print (minigpt bench --sections picks some).
+SECTIONS = ("attention", "int_matmul", "sparse", "structured", "train", "kernels_in_step", "generate")
+
+
+def run_bench(quick=False, sections=SECTIONS, log=sys.stderr):
     import numba
 
     from . import kernels  # sets OMP_WAIT_POLICY=PASSIVE before torch's OpenMP starts
@@ -814,8 +818,11 @@ def format_table(info, rows):
 
 def cmd_bench(args):
     if args.train_to is not None:
+        if args.sections:
+            raise MinigptError("--sections picks tables; --train-to runs instead of them: give one of the two")
         return _cmd_train_to(args)
-    info, rows = run_bench(quick=args.quick)
+    sections = tuple(s for s in SECTIONS if s in (args.sections or SECTIONS))  # the run's own order
+    info, rows = run_bench(quick=args.quick, sections=sections)
     print(format_table(info, rows))
     if args.json:
         with open(args.json, "w") as f:
@@ -825,8 +832,6 @@ def cmd_bench(args):
 
 def _cmd_train_to(args):
     """--train-to LOSS: only the time-to-quality table (minigpt.train_to)."""
-    from .errors import MinigptError
-
     for name in ("train_to", "max_steps", "eval_every", "batch_size", "block_size"):
         value = getattr(args, name)
         if value is not None and value <= 0:
@@ -851,6 +856,8 @@ def register(sub):
                                    "each as speed-ups over one named baseline.")
     p.add_argument("--quick", action="store_true", help="fewer sizes and repeats (under a minute)")
     p.add_argument("--json", metavar="FILE", help="also write the numbers to FILE as JSON")
+    p.add_argument("--sections", nargs="+", choices=SECTIONS, metavar="NAME",
+                   help=f"run only these sections (default: all): {', '.join(SECTIONS)}")
     g = p.add_argument_group("time to quality (instead of the tables above)")
     g.add_argument("--train-to", type=float, metavar="LOSS",
                    help="train minigpt and the same recipe in PyTorch eager (same init, batches, AdamW, schedule) "

@@ -162,7 +162,7 @@ def test_readme_bench_output_is_in_the_commands_layout():
     blocks = [b.split("```", 1)[0] for b in readme.split("```text\n")[1:]]
     [text] = [b for b in blocks if b.startswith("minigpt bench on ")]
     head = text.splitlines()[0]
-    assert re.search(r"^minigpt bench on .+, \d+ cores; \d+ threads? for ", head)  # CPU model and cores named
+    assert re.search(r"^minigpt bench on .+, \d+ cores( \([^)]*\))?; \d+ threads? for ", head)  # CPU model and cores named
     tables = _tables(text.rstrip("\n"))
     assert {t.split(":")[0] for t, _ in tables} >= {"attention fwd", "int matmul", "train step", "generate"}
     _check_table_layout(text.rstrip("\n"))
@@ -197,3 +197,26 @@ def test_train_step_and_kernels_in_step_sections(monkeypatch):
     from minigpt import model, ops
 
     assert model.op_table is ops.op_table  # the timing wrappers are gone afterwards
+
+
+def test_sections_option_runs_only_those_in_the_run_order(monkeypatch, capsys):
+    asked = []
+
+    def fake_run_bench(quick=False, sections=bench.SECTIONS, log=None):
+        asked.append(sections)
+        return {"cpu": "x", "cores": 2, "threads": 1}, []
+
+    monkeypatch.setattr(bench, "run_bench", fake_run_bench)
+    monkeypatch.setattr(bench, "format_table", lambda info, rows: "table")
+    assert main(["bench", "--sections", "generate", "attention"]) == 0
+    assert main(["bench"]) == 0
+    assert asked == [("attention", "generate"), bench.SECTIONS]
+
+
+def test_sections_option_refuses_unknown_names_and_train_to(capsys):
+    assert main(["bench", "--sections", "atention"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'atention'" in err[0]
+    assert main(["bench", "--sections", "train", "--train-to", "2.0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--sections" in err[0] and "--train-to" in err[0]
