@@ -43,9 +43,9 @@ def _f32_tiles(monkeypatch, tiles):
 @pytest.fixture(params=["integer loops", "integer loops, no row kernel", "integer loops, parallel",
                         "dequantize + BLAS", "float32 GEMM", "float32 GEMM, AVX2 tiles"])
 def weight_path(request, monkeypatch):
-    """Run a weight-only test through every path, whatever the number of rows: int4's float32
-    decoding row kernel (16-wide vectors, vnni.nibble_rows4_f32) or, switched off, the general
-    loops; the decoding kernels' serial twins (small products) and their parallel originals;
+    """Run a weight-only test through every path, whatever the number of rows: the float32
+    decoding row kernels (16-wide vectors: int4's vnni.nibble_rows4_f32, int8's vnni.int8_rows4_f32)
+    or, switched off, the general loops; the decoding kernels' serial twins (small products) and their parallel originals;
     the batch paths: dequantize + BLAS, and (float32) the GEMM that dequantizes into its panels,
     with AVX-512's tiles and with AVX2's (float64 x takes BLAS's path there too)."""
     batch = request.param in ("dequantize + BLAS", "float32 GEMM", "float32 GEMM, AVX2 tiles")
@@ -218,6 +218,26 @@ def test_float32_gemm_is_the_dequantized_product(M, Kd, N, group, k_block, paral
         got4 = K.int4_weight_matmul(x, packed, scales, group)
         _assert_float32_product(got4, x, R.dequantize_int4(packed, scales, group))
 
+
+# The int8 decoding rows (fewer than F32_GEMM_MIN_ROWS rows of float32 x): vnni.int8_rows4_f32's 16-wide
+# vectors over the first K - K % 64 k of four weight rows, numba's loop for the rest of K and the last
+# N % 4 rows. Rows 1-5; K below one 64-k step, exactly one, past one and odd, a GPT-2 width + 3; N below
+# one task of 4 rows, a multiple of it, and not. The VNNI / float32 GEMM switches must not matter here.
+@pytest.mark.parametrize("M", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("Kd, N", [(3, 2), (64, 4), (67, 9), (130, 37), (771, 6)])
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("switches", [False, True])
+def test_int8_decoding_rows_are_the_dequantized_product(M, Kd, N, parallel, switches, monkeypatch):
+    monkeypatch.setattr(K, "USE_VNNI", switches and HAS_VNNI)
+    monkeypatch.setattr(K, "USE_F32_GEMM", switches and K.USE_F32_GEMM)
+    if parallel:  # the prange original, not the serial twin, even for these small products
+        monkeypatch.setattr(K, "SMALL_WORK", 0)
+    rng = np.random.default_rng(M * 1000 + Kd)
+    x = rng.standard_normal((M, Kd)).astype(np.float32)
+    w_q, w_s = R.quantize_per_channel(rng.standard_normal((Kd, N)).astype(np.float32))
+    got = K.int8_weight_matmul(x, w_q, w_s)
+    _assert_float32_product(got, x, R.dequantize_int8(w_q, w_s).T)
+    assert (K._int8_row_kernel if parallel else K._int8_row_kernel_serial).signatures  # the row kernel ran
 
 @pytest.mark.parametrize("M, Kd, N", [(20, 0, 5), (20, 4, 0), (0, 4, 5)])
 def test_weight_only_empty_products(M, Kd, N, weight_path):

@@ -19,10 +19,12 @@ Only used when llvmlite reports the host has 'avx512vnni' and numba may
 compile for it (see HAS_VNNI); the kernel that calls the intrinsic is
 compiled on first use only, so other CPUs never see the instruction.
 
-Three intrinsics: dot4_u8s8 (one activation row x 4 weight rows, for a few
+Four intrinsics: dot4_u8s8 (one activation row x 4 weight rows, for a few
 rows), gemm_tile_u8s8 (6 rows x 64 channels in registers, for batches; see
-its section) and nibble_rows4_f32, which is not VNNI at all: the int4
-decoding row's inner pass in plain 16-wide LLVM vectors, for any CPU.
+its section), and two that are not VNNI at all, in plain 16-wide LLVM
+vectors for any CPU: nibble_rows4_f32, the int4 decoding row's inner pass,
+and int8_rows4_f32, the int8 weight-only decoding row's (float32 x times
+four int8 weight rows).
 The weight-only batch product's float32 GEMM, not VNNI either, has three
 intrinsics per tile shape, in a small module per CPU kind: F32_AVX512
 (AVX-512F: 6 rows x 64 columns in 24 zmm accumulators) and F32_AVX2 (AVX2 +
@@ -244,6 +246,74 @@ def nibble_rows4_f32(typingctx, part, packed, r, j0, n, xs):
                 s = builder.fadd(builder.fadd(terms[0], terms[1]), builder.fadd(terms[2], terms[3]))
                 builder.store(builder.fadd(builder.load(dst, align=4), s), dst, align=4)
         return context.get_dummy_value()
+
+    return sig, codegen
+
+
+# ------------------------------------------------------- int8 decoding row
+# Not VNNI either: x (float32) times four int8 weight rows, the bytes sign-extended and converted to
+# float32 16 at a time, in plain LLVM vectors (one zmm with AVX-512, two ymm with AVX2). numba's own
+# dot-product loop ran at 8 lanes, about half of memory bandwidth for a weight streamed from DRAM.
+I8_STEP = 64  # k a step of int8_rows4_f32: one 64-byte line of each weight row
+
+
+@intrinsic
+def int8_rows4_f32(typingctx, x, i, w, j, k_end):
+    """(sum_{k < k_end} x[i, k] float(w[j + r, k]) for r = 0..3) as four float32; k_end a multiple of I8_STEP.
+
+    x: 2-D float32 C-contiguous (M, K); w: 2-D int8 C-contiguous (N, K). Each row's sum is kept in
+    four 16-wide vectors (k mod 64 in 16s), added pairwise at the end; the next four weight rows
+    (j + 4 .. j + 7: the next call's, contiguous after these) are prefetched a line a step.
+    """
+    sig = types.UniTuple(types.float32, 4)(x, i, w, j, k_end)
+
+    def codegen(context, builder, signature, args):
+        x_arr = context.make_array(signature.args[0])(context, builder, args[0])
+        w_arr = context.make_array(signature.args[2])(context, builder, args[2])
+        i_val, j_val, k_val = (context.cast(builder, args[n], signature.args[n], types.intp) for n in (1, 3, 4))
+        intp = context.get_value_type(types.intp)
+        i8, i32, f32 = ir.IntType(8), ir.IntType(32), ir.FloatType()
+        v16f, v16i, v16b = ir.VectorType(f32, 16), ir.VectorType(i32, 16), ir.VectorType(i8, 16)
+        i8p = i8.as_pointer()
+        w_stride, x_stride = (builder.extract_value(arr.strides, 0) for arr in (w_arr, x_arr))
+        w_base = builder.bitcast(w_arr.data, i8p)
+        rows = [builder.gep(w_base, [builder.mul(builder.add(j_val, ir.Constant(intp, r)), w_stride)])
+                for r in range(4)]
+        ahead = [builder.gep(row, [builder.mul(ir.Constant(intp, 4), w_stride)]) for row in rows]
+        x_row = builder.bitcast(builder.gep(builder.bitcast(x_arr.data, i8p), [builder.mul(i_val, x_stride)]),
+                                f32.as_pointer())
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16f, [v16f, v16f, v16f]),
+                                             "llvm.fma.v16f32")
+        prefetch = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0i8")
+        accs = [[cgutils.alloca_once_value(builder, ir.Constant(v16f, None)) for _ in range(4)] for _ in range(4)]
+
+        with cgutils.for_range_slice(builder, ir.Constant(intp, 0), k_val, ir.Constant(intp, I8_STEP),
+                                     intp=intp) as (k, _):
+            for row in ahead:
+                builder.call(prefetch, [builder.gep(row, [k]), ir.Constant(i32, 0), ir.Constant(i32, 3),
+                                        ir.Constant(i32, 1)])
+            for c in range(I8_STEP // 16):
+                kc = builder.add(k, ir.Constant(intp, 16 * c))
+                xv = builder.load(builder.bitcast(builder.gep(x_row, [kc]), v16f.as_pointer()), align=4)
+                for r, row in enumerate(rows):
+                    b = builder.load(builder.bitcast(builder.gep(row, [kc]), v16b.as_pointer()), align=1)
+                    wv = builder.sitofp(builder.sext(b, v16i), v16f)
+                    builder.store(builder.call(fma, [xv, wv, builder.load(accs[r][c])]), accs[r][c])
+
+        def hsum(v):  # halves added until one lane is left
+            for width in (8, 4, 2, 1):
+                lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, width), list(range(width))))
+                hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, width),
+                                                              list(range(width, 2 * width))))
+                v = builder.fadd(lo, hi)
+            return builder.extract_element(v, ir.Constant(i32, 0))
+
+        sums = []
+        for r in range(4):
+            a = [builder.load(acc) for acc in accs[r]]
+            sums.append(hsum(builder.fadd(builder.fadd(a[0], a[1]), builder.fadd(a[2], a[3]))))
+        return context.make_tuple(builder, signature.return_type, sums)
 
     return sig, codegen
 
