@@ -42,10 +42,13 @@ times each against float32 BLAS):
   float64: _as_float). float32 rows (decoding) run _int8_row_kernel: four
   weight rows a task, bytes sign-extended and converted 16 at a time in
   explicit vectors with prefetching (vnni.int8_rows4_f32, USE_VECTORS):
-  numba's loop ran at 8 lanes; measured, one thread, 768 x 3072 and
-  3072 x 768: 0.13 / 0.12 ms -> 0.11 / 0.10 ms, the 50257 x 768 head
-  2.1 -> 1.6 ms (data hot), GPT-2-small int8 generation 1.51x -> 1.82x
-  float32 (the weights streamed from memory each token);
+  numba's loop ran at 8 lanes and streamed memory at 7.4 GB/s (12.7 now).
+  Measured, one thread, one row of 3072 x 768 / 768 x 3072: 0.13 / 0.12 ->
+  0.10 / 0.10 ms (2-5 rows: 10-40% faster), the 50257 x 768 head with the
+  cache flushed 4.8 -> 2.2 ms, GPT-2-small int8 generation 1.51x -> 1.87-
+  1.95x float32; under the AVX2 proxy (vnni's docstring) one row 0.16 /
+  0.14 -> 0.13 / 0.12 ms. The conversions are the limit when the weight
+  is in cache: 3 instructions (sign-extend, convert, FMA) per 16 weights;
 - int4, a few rows: weights stay (in, out), so the inner loops run along the
   output columns: a byte row is unpacked once (both nibbles) and used by 4
   rows of x; each column keeps a running per-group sum that gets its scale at
