@@ -32,6 +32,12 @@ SHAPES = [
     (2, 2, 65, 65, 32),
     (1, 2, 3, 130, 6),
     (1, 3, 1, 77, 32),
+    # the backward's scratch arrays carved from one buffer (SKEW): sizes that
+    # are whole multiples of 1024 elements, from D T_pad (D = 8, T = 128) and
+    # from ROWS x the padded key count (D = 2, 1024 keys, T_q < T_k), so an
+    # overlap of neighbouring arrays would show
+    (2, 2, 128, 128, 8),
+    (1, 1, 37, 1024, 2),
 ]
 
 

@@ -72,6 +72,12 @@ BLOCK = 512
 LANES = 16
 EXP_CHUNK = 64  # see _softmax_block_row; BLOCK must be a multiple of it
 ROWS = 4  # query rows handled together (the loops spell out 4)
+# The backward's six scratch arrays start multiples of this many elements
+# apart modulo 1024 elements (4 KB in float32, 8 in float64). Allocated apart,
+# large ones all came page-aligned: the same key's elements of dkT, dvT and kT
+# then had the same address modulo 4 KB, which x86 cores take for a possible
+# store-to-load dependence (4K aliasing), stalling the loads after each store.
+SKEW = 64
 
 # Reassociation lets LLVM vectorise the reductions; no 'nnan'/'ninf' because
 # the code must stay correct for every finite input.
@@ -445,14 +451,23 @@ def _backward_kernel(q, k, v, out, dout, H, D, lay, scale, dq, dk, dv, n_threads
     n_tasks = B * H
     n_chunks = min(n_threads, n_tasks)
     for chunk in prange(n_chunks):  # a run of tasks, scratch once per thread (see the forward)
-        kT = np.zeros((D, T_pad), dtype=q.dtype)  # padding columns stay 0
-        vT = np.zeros((D, T_pad), dtype=q.dtype)
-        dkT = np.empty((D, T_pad), dtype=q.dtype)  # accumulated over query rows
-        dvT = np.empty((D, T_pad), dtype=q.dtype)
+        # kT, vT (padding columns stay 0) and dkT, dvT (accumulated over query
+        # rows), (D, T_pad) each, and p, ds below, carved from one buffer so
+        # that their starts differ by multiples of SKEW elements modulo 1024 (see SKEW).
+        W = _round_up(T_k, EXP_CHUNK)
+        size = _round_up(max(D * T_pad, ROWS * W), 1024) + SKEW
+        buf = np.zeros(6 * size + 64, dtype=q.dtype)
+        # from a 64-byte boundary (numba aligns arrays to 32 bytes; an AVX-512
+        # vector off a line boundary takes two lines per load)
+        buf = buf[(64 - buf.ctypes.data % 64) % 64 // buf.itemsize:]
+        kT = buf[:D * T_pad].reshape((D, T_pad))
+        vT = buf[size:size + D * T_pad].reshape((D, T_pad))
+        dkT = buf[2 * size:2 * size + D * T_pad].reshape((D, T_pad))
+        dvT = buf[3 * size:3 * size + D * T_pad].reshape((D, T_pad))
         # ROWS rows of P (unnormalised), recomputed, and of dS (times scale); as
         # wide as whole EXP_CHUNKs, so the padded loops never end in a part chunk
-        p = np.zeros((ROWS, _round_up(T_k, EXP_CHUNK)), dtype=q.dtype)
-        ds = np.zeros((ROWS, _round_up(T_k, EXP_CHUNK)), dtype=q.dtype)
+        p = buf[4 * size:4 * size + ROWS * W].reshape((ROWS, W))
+        ds = buf[5 * size:5 * size + ROWS * W].reshape((ROWS, W))
         qs = np.empty((ROWS, D), dtype=q.dtype)  # those rows of q * scale, of q, of dout
         qr = np.empty((ROWS, D), dtype=q.dtype)
         g = np.empty((ROWS, D), dtype=q.dtype)
