@@ -328,10 +328,15 @@ def _forward_kernel(q, k, v, H, D, lay, scale, out, n_threads):
         # k and v transposed, (D, T_pad), so the loops over keys walk contiguous
         # memory; the padding columns stay 0, so scores there are finite (0)
         # and every loop over keys can run in whole vectors of LANES.
-        kT = np.zeros((D, T_pad), dtype=q.dtype)
-        vT = np.zeros((D, T_pad), dtype=q.dtype)
-        # scores, then exp(s - m), of one key block: no wider than T_k needs
-        s = np.zeros((ROWS, _round_up(min(T_pad, BLOCK), EXP_CHUNK)), dtype=q.dtype)
+        # scores, then exp(s - m), of one key block: no wider than T_k needs;
+        # kT, vT and s from one buffer, as in the backward (see SKEW)
+        W = _round_up(min(T_pad, BLOCK), EXP_CHUNK)
+        size = _round_up(max(D * T_pad, ROWS * W), 1024) + SKEW
+        buf = np.zeros(3 * size + 64, dtype=q.dtype)
+        buf = buf[(64 - buf.ctypes.data % 64) % 64 // buf.itemsize:]  # from a 64-byte boundary
+        kT = buf[:D * T_pad].reshape((D, T_pad))
+        vT = buf[size:size + D * T_pad].reshape((D, T_pad))
+        s = buf[2 * size:2 * size + ROWS * W].reshape((ROWS, W))
         acc = np.empty((ROWS, D), dtype=q.dtype)  # running sums of exp(s - m) v
         qs = np.empty((ROWS, D), dtype=q.dtype)  # the rows' q * scale
         m = np.empty(ROWS, dtype=q.dtype)  # running max of each row's scores
