@@ -823,9 +823,14 @@ def cmd_bench(args):
         return _cmd_train_to(args)
     sections = tuple(s for s in SECTIONS if s in (args.sections or SECTIONS))  # the run's own order
     info, rows = run_bench(quick=args.quick, sections=sections)
+    return _report(info, rows, args.json)
+
+
+def _report(info, rows, json_path):
+    """Print the tables; with --json, also write {"info", "rows"} to that file. Returns 0."""
     print(format_table(info, rows))
-    if args.json:
-        with open(args.json, "w") as f:
+    if json_path:
+        with open(json_path, "w") as f:
             json.dump({"info": info, "rows": rows}, f, indent=1)
     return 0
 
@@ -841,11 +846,7 @@ def _cmd_train_to(args):
                           block_size=args.block_size, batch_size=args.batch_size, max_steps=args.max_steps,
                           eval_every=args.eval_every or 50)
     info.update(machine_info())
-    print(format_table(info, rows))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"info": info, "rows": rows}, f, indent=1)
-    return 0
+    return _report(info, rows, args.json)
 
 
 def register(sub):
