@@ -2,27 +2,17 @@
 import numpy as np
 import pytest
 
-from minigpt import GPT, CharTokenizer, GPTConfig, load_checkpoint
-from minigpt.checkpoint import save_checkpoint
+from minigpt import load_checkpoint
 from minigpt.cli import main
-from minigpt.config import TrainConfig
 from minigpt.quant import quantized_layers
+
+import char_checkpoint
 
 
 @pytest.fixture
 def ckpt(tmp_path):
     """A float checkpoint whose linears have 32 and 128 inputs, with its corpus beside it."""
-    rng = np.random.default_rng(0)
-    words = ["def ", "return ", "x", "y", " = ", "(", ")", ":\n", "    ", "1", "+"]
-    corpus = tmp_path / "code.txt"
-    corpus.write_text("".join(rng.choice(words, 3000)), encoding="utf-8")
-    tok = CharTokenizer.from_text(corpus.read_text(encoding="utf-8"))
-    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=32)
-    model = GPT(cfg, seed=0, tokenizer=tok)
-    path = tmp_path / "m.npz"
-    save_checkpoint(path, model, step=7, train_config=TrainConfig(steps=7, batch_size=4, eval_batches=2),
-                    extra={"corpus": str(corpus)})
-    return path
+    return char_checkpoint.write_char_checkpoint(tmp_path)
 
 
 def _user_error(capsys, argv, *fragments):

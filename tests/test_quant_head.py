@@ -4,11 +4,10 @@ loads and is validated, and the steps that need a float wte refuse it in one lin
 import numpy as np
 import pytest
 
-from minigpt import GPT, CharTokenizer, CheckpointError, GPTConfig, load_checkpoint
+from minigpt import GPT, CheckpointError, GPTConfig, load_checkpoint
 from minigpt.checkpoint import save_checkpoint
 from minigpt.cli import main
 from minigpt.compose import ComposeError, check_prunable, lineage, stored_as, why_not_resumable
-from minigpt.config import TrainConfig
 from minigpt.errors import ConfigError
 from minigpt.layers.embedding import embedding_forward
 from minigpt.layers.quantized_embedding import head_format, quantized_embedding_forward
@@ -18,6 +17,8 @@ from minigpt.quant import quantized_layers, weight_bytes
 from minigpt.quant.cli import scheme_of
 
 import trained_weights
+
+import char_checkpoint
 
 CFG = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=4, n_embd=64, dtype="float32")
 LINEARS = {f"h.{i}.{n}" for i in range(2) for n in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}
@@ -153,16 +154,7 @@ def test_library_refusals():
 @pytest.fixture
 def ckpt(tmp_path):
     """A float checkpoint of a character model (67-ish symbols), its corpus beside it."""
-    rng = np.random.default_rng(0)
-    words = ["def ", "return ", "x", "y", " = ", "(", ")", ":\n", "    ", "1", "+"]
-    corpus = tmp_path / "code.txt"
-    corpus.write_text("".join(rng.choice(words, 3000)), encoding="utf-8")
-    tok = CharTokenizer.from_text(corpus.read_text(encoding="utf-8"))
-    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=32)
-    path = tmp_path / "m.npz"
-    save_checkpoint(path, GPT(cfg, seed=0, tokenizer=tok), step=7,
-                    train_config=TrainConfig(steps=7, batch_size=4, eval_batches=2), extra={"corpus": str(corpus)})
-    return path
+    return char_checkpoint.write_char_checkpoint(tmp_path)
 
 
 def _one_line_error(capsys, argv, *fragments):
